@@ -1,0 +1,228 @@
+"""What the embedded cluster is made of: every process, its labels, ports and links.
+
+Pure data, no processes: the supervisor turns it into running processes, the fault backend
+reads the same names and labels back from the state file. Labels follow the pods of a real
+deployment (`app`, `role`, `node`, `gpu`) so one experiment file selects the same victims
+locally and on Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ProcessSpec:
+    """One process of the cluster, as the supervisor starts it."""
+
+    name: str
+    kind: str  # worker | gateway | faultproxy | prometheus
+    argv: list[str]
+    ports: dict[str, int]
+    labels: dict[str, str]
+    ready_path: str
+
+    @property
+    def ready_url(self) -> str:
+        port = self.ports.get("http") or self.ports.get("control")
+        return f"http://127.0.0.1:{port}{self.ready_path}"
+
+
+@dataclass
+class Link:
+    """A TCP link from `source` to `target` that passes through the fault proxy."""
+
+    name: str
+    source: str
+    target: str
+    listen_port: int
+    upstream_host: str
+    upstream_port: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ClusterSpec:
+    nodes: int = 4
+    gpus_per_node: int = 2
+    model: str = "deepseek-sim"
+    worker_config: dict[str, Any] = field(default_factory=dict)
+    gateway_config: dict[str, Any] = field(default_factory=dict)
+    prometheus: bool = True
+
+    def worker_names(self) -> list[str]:
+        return [f"worker-n{n}-g{g}" for n in range(self.nodes) for g in range(self.gpus_per_node)]
+
+    def port_count(self) -> int:
+        # each worker: its own port + its link's proxy port; gateway; proxy control; prometheus
+        return 2 * len(self.worker_names()) + 3
+
+
+@dataclass
+class Topology:
+    processes: list[ProcessSpec]
+    links: list[Link]
+
+    def process(self, name: str) -> ProcessSpec:
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def build_topology(
+    spec: ClusterSpec, ports: list[int], run_dir: str, prometheus_binary: str | None
+) -> Topology:
+    """Lay out the cluster on the given free ports; files it needs go into `run_dir`."""
+    if spec.nodes < 1 or spec.gpus_per_node < 1:
+        raise ValueError("a cluster needs at least one node with one GPU")
+    if len(ports) < spec.port_count():
+        raise ValueError(f"need {spec.port_count()} ports, got {len(ports)}")
+    it = iter(ports)
+    py = sys.executable
+    processes: list[ProcessSpec] = []
+    links: list[Link] = []
+    for n in range(spec.nodes):
+        for g in range(spec.gpus_per_node):
+            name = f"worker-n{n}-g{g}"
+            port = next(it)
+            argv = [
+                py,
+                "-m",
+                "resilience.worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--name",
+                name,
+                "--node",
+                f"node-{n}",
+                "--gpu",
+                str(g),
+                "--model",
+                spec.model,
+            ]
+            if spec.worker_config:
+                argv += ["--config", json.dumps(spec.worker_config)]
+            processes.append(
+                ProcessSpec(
+                    name=name,
+                    kind="worker",
+                    argv=argv,
+                    ports={"http": port},
+                    labels={
+                        "app": "inference-worker",
+                        "role": "worker",
+                        "node": f"node-{n}",
+                        "gpu": str(g),
+                        "model": spec.model,
+                    },
+                    ready_path="/health",
+                )
+            )
+            links.append(
+                Link(
+                    name=f"gateway->{name}",
+                    source="gateway",
+                    target=name,
+                    listen_port=next(it),
+                    upstream_host="127.0.0.1",
+                    upstream_port=port,
+                )
+            )
+    gateway_port, proxy_port, prom_port = next(it), next(it), next(it)
+    proxy_argv = [
+        py,
+        "-m",
+        "resilience.faultproxy",
+        "--host",
+        "127.0.0.1",
+        "--control-port",
+        str(proxy_port),
+        "--links",
+        f"{run_dir}/links.json",
+    ]
+    processes.append(
+        ProcessSpec(
+            name="faultproxy",
+            kind="faultproxy",
+            argv=proxy_argv,
+            ports={"control": proxy_port},
+            labels={"app": "fault-proxy", "role": "proxy", "node": "node-0"},
+            ready_path="/links",
+        )
+    )
+    gw_argv = [
+        py,
+        "-m",
+        "resilience.gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(gateway_port),
+        "--upstreams",
+        f"{run_dir}/upstreams.json",
+    ]
+    if spec.gateway_config:
+        gw_argv += ["--config", json.dumps(spec.gateway_config)]
+    processes.append(
+        ProcessSpec(
+            name="gateway",
+            kind="gateway",
+            argv=gw_argv,
+            ports={"http": gateway_port},
+            labels={"app": "inference-gateway", "role": "gateway", "node": "node-0"},
+            ready_path="/health",
+        )
+    )
+    if spec.prometheus:
+        if not prometheus_binary:
+            raise ValueError("prometheus binary is required when prometheus is enabled")
+        from resilience.prometheus import prometheus_argv
+
+        processes.append(
+            ProcessSpec(
+                name="prometheus",
+                kind="prometheus",
+                argv=prometheus_argv(prometheus_binary, prom_port, run_dir),
+                ports={"http": prom_port},
+                labels={"app": "prometheus", "role": "monitoring", "node": "node-0"},
+                ready_path="/-/ready",
+            )
+        )
+    return Topology(processes=processes, links=links)
+
+
+def upstreams_for_gateway(topology: Topology) -> list[dict[str, Any]]:
+    """The gateway reaches every worker through its link in the fault proxy."""
+    out = []
+    for link in topology.links:
+        if link.source != "gateway":
+            continue
+        worker = topology.process(link.target)
+        out.append(
+            {
+                "name": worker.name,
+                "url": f"http://127.0.0.1:{link.listen_port}",
+                "labels": worker.labels,
+            }
+        )
+    return out
+
+
+def scrape_targets(topology: Topology) -> list[dict[str, Any]]:
+    """Prometheus file_sd groups: one per process that serves /metrics (direct, not proxied)."""
+    groups = []
+    for p in topology.processes:
+        if p.kind == "prometheus":
+            continue
+        port = p.ports.get("http") or p.ports.get("control")
+        labels = {"job": p.kind, "instance_name": p.name, **p.labels}
+        groups.append({"targets": [f"127.0.0.1:{port}"], "labels": labels})
+    return groups
