@@ -1,0 +1,170 @@
+"""Faults on the embedded cluster: real signals to real processes, real delays in the proxy.
+
+Kill and pause are signals sent from here to the victim's pid; the supervisor is told first
+whether to bring a killed process back (Chaos Mesh's pod-kill lets the ReplicaSet restart it).
+Network faults become fault-proxy rules on every link into or out of a victim.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+
+from experiments.backends.base import BackendError
+from experiments.ledger import FaultRecord
+from experiments.selectors import Candidate
+from resilience.state import pid_alive, read_state
+
+NETWORK_KINDS = ("network-delay", "network-loss", "network-bandwidth", "network-partition")
+PROCESS_KINDS = ("pod-kill", "pod-pause")
+FLIP = {"to": "from", "from": "to", "both": "both"}
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, state: dict[str, Any], namespace: str = "default",
+                 timeout: float = 2.0) -> None:
+        self.state = state
+        self.namespace = namespace
+        self.timeout = timeout
+
+    @classmethod
+    def from_running_cluster(cls, configuration: dict[str, Any]) -> LocalBackend:
+        state = read_state()
+        if not state or not state.get("ready"):
+            raise BackendError("the embedded cluster is not running: start it with "
+                               "'inference-chaos up'")
+        return cls(state, namespace=configuration.get("namespace", "default"))
+
+    def refresh(self) -> None:
+        state = read_state()
+        if state:
+            self.state = state
+
+    def supports(self, kind: str) -> bool:
+        return kind in NETWORK_KINDS or kind in PROCESS_KINDS
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(name=p["name"], labels=dict(p["labels"]), namespace=self.namespace)
+                for p in self.state["processes"]]
+
+    def _process(self, name: str) -> dict[str, Any]:
+        for p in self.state["processes"]:
+            if p["name"] == name:
+                return p
+        raise BackendError(f"no process named {name!r} in the embedded cluster")
+
+    def _supervisor(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = self.state["supervisor"]["control_url"] + path
+        try:
+            r = httpx.post(url, json=body or {}, timeout=self.timeout)
+            r.raise_for_status()
+            return r.json()
+        except httpx.HTTPError as exc:
+            raise BackendError(f"supervisor at {url} did not answer: {exc}") from exc
+
+    def _proxy(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = self.state["proxy_control_url"] + path
+        try:
+            r = httpx.request(method, url, json=body, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"fault proxy at {url} did not answer: {exc}") from exc
+        if r.status_code == 404 and method == "DELETE":
+            return None
+        if r.status_code >= 400:
+            raise BackendError(f"fault proxy refused the fault ({r.status_code}): {r.text[:200]}")
+        return r.json()
+
+    # -- the three verbs ----------------------------------------------------------------------
+    def inject(self, record: FaultRecord) -> dict[str, Any]:
+        self.refresh()
+        if record.kind == "pod-kill":
+            return self._kill(record)
+        if record.kind == "pod-pause":
+            return self._pause(record)
+        if record.kind in NETWORK_KINDS:
+            return self._network(record)
+        raise BackendError(f"unknown fault kind {record.kind!r} for the local backend")
+
+    def recover(self, record: FaultRecord) -> None:
+        self.refresh()
+        if record.kind == "pod-kill":
+            for name in record.victims:
+                self._supervisor(f"/processes/{name}/release")
+        elif record.kind == "pod-pause":
+            for name, pid in record.details.get("pids", {}).items():
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass  # died while paused: the supervisor restarts it
+        elif record.kind in NETWORK_KINDS:
+            for rule in record.details.get("rules") or [{"id": record.id}]:
+                self._proxy("DELETE", f"/faults/{rule['id']}")
+
+    def describe(self, record: FaultRecord) -> dict[str, Any]:
+        return {"backend": self.name, "kind": record.kind, "victims": record.victims,
+                "details": record.details}
+
+    # -- kinds --------------------------------------------------------------------------------
+    def _kill(self, record: FaultRecord) -> dict[str, Any]:
+        restart_after = record.params.get("restart_after")
+        pids: dict[str, int] = {}
+        for name in record.victims:
+            proc = self._process(name)
+            pid = proc.get("pid")
+            if not pid or not pid_alive(pid):
+                raise BackendError(f"{name} is not running; nothing to kill")
+            until = None if restart_after is None else time.time() + float(restart_after)
+            self._supervisor(f"/processes/{name}/hold", {"until": until})
+            os.kill(pid, signal.SIGKILL)
+            pids[name] = pid
+        return {"pids": pids, "signal": "SIGKILL", "restart_after": restart_after}
+
+    def _pause(self, record: FaultRecord) -> dict[str, Any]:
+        pids: dict[str, int] = {}
+        try:
+            for name in record.victims:
+                pid = self._process(name).get("pid")
+                if not pid or not pid_alive(pid):
+                    raise BackendError(f"{name} is not running; nothing to pause")
+                os.kill(pid, signal.SIGSTOP)
+                pids[name] = pid
+        except Exception:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGCONT)
+            raise
+        return {"pids": pids, "signal": "SIGSTOP"}
+
+    def _network(self, record: FaultRecord) -> dict[str, Any]:
+        """One proxy rule per fault over every link that touches a victim."""
+        direction = record.params.get("direction", "to")
+        by_direction: dict[str, list[str]] = {}
+        for link in self.state["links"]:
+            for victim in record.victims:
+                if link["target"] == victim:
+                    by_direction.setdefault(direction, []).append(link["name"])
+                elif link["source"] == victim:
+                    # the proxy speaks from the link target's side; the victim is the source
+                    by_direction.setdefault(FLIP[direction], []).append(link["name"])
+        if not by_direction:
+            raise BackendError(f"no link of the fault proxy touches {record.victims}; "
+                               "network faults need a proxied process")
+        rule = {k: v for k, v in record.params.items()
+                if k in ("delay_ms", "jitter_ms", "correlation", "loss", "rate_bps", "partition")}
+        installed = []
+        try:
+            for i, (d, links) in enumerate(sorted(by_direction.items())):
+                rule_id = record.id if i == 0 else f"{record.id}-{i}"
+                self._proxy("PUT", f"/faults/{rule_id}", {"links": links, "direction": d, **rule})
+                installed.append({"id": rule_id, "links": links, "direction": d})
+        except Exception:
+            for r in installed:
+                self._proxy("DELETE", f"/faults/{r['id']}")
+            raise
+        record.details = {"rules": installed}
+        return {"rules": installed}

@@ -1,0 +1,270 @@
+"""Fault actions that experiments call: `module: experiments.faults`, `func: pod_kill`, ...
+
+Each action resolves its selector against the target, records the fault in the run's ledger,
+injects it through the backend the configuration names, and returns the record as plain
+data. With a `duration` the action holds the fault that long and removes it before returning
+(Chaos Mesh's `duration`); without one the fault stays until `recover` or the rollback
+`recover_all`. Parameters use Chaos Mesh's names and units ("500ms", "1mbps").
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from typing import Any
+
+from chaoslib.exceptions import ActivityFailed
+
+from experiments.backends import BackendError, FaultBackend, backend_for
+from experiments.context import RunContext, ensure_run
+from experiments.ledger import FaultRecord
+from experiments.selectors import Candidate, Selector, SelectorError
+
+__all__ = [
+    "pod_kill",
+    "pod_pause",
+    "network_delay",
+    "network_loss",
+    "network_bandwidth",
+    "network_partition",
+    "recover",
+    "recover_all",
+    "list_faults",
+]
+
+log = logging.getLogger("experiments.faults")
+_dry = threading.local()  # set by preflight(): resolve and validate, inject nothing
+DIRECTIONS = ("to", "from", "both")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# tc's rate units, as Chaos Mesh takes them: "bps" is bytes per second, "bit" bits per second.
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)\s*$", re.IGNORECASE)
+
+
+def parse_seconds(value: Any, what: str) -> float:
+    """'500ms', '1.5s', '2m' or a bare number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ActivityFailed(f"{what}: cannot read {value!r} as a duration (e.g. '500ms')")
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds < 0:
+        raise ActivityFailed(f"{what}: must not be negative, got {value!r}")
+    return seconds
+
+
+def parse_rate(value: Any) -> float:
+    """A tc rate ('1mbps' = 1 MB/s, '8mbit' = 1 MB/s) in bytes per second."""
+    m = _RATE.match(str(value))
+    if not m:
+        raise ActivityFailed(f"rate: cannot read {value!r} (e.g. '1mbps' or '8mbit')")
+    number = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if number <= 0:
+        raise ActivityFailed(f"rate: must be positive, got {value!r}")
+    return number / 8 if m.group(3).lower() == "bit" else number
+
+
+def parse_percent(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ActivityFailed(f"{what}: {value!r} is not a number") from None
+    if not 0 <= number <= 100:
+        raise ActivityFailed(f"{what}: must be within 0-100, got {value!r}")
+    return number
+
+
+def _direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ActivityFailed(f"direction: {direction!r} is not one of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def resolve_victims(backend: FaultBackend, selector: dict[str, Any] | None, mode: str,
+                    value: Any, rng: random.Random | None = None) -> tuple[Selector,
+                                                                         list[Candidate]]:
+    """Victims for a selector; any problem is a one-line ActivityFailed."""
+    try:
+        sel = Selector.from_spec(selector, mode=mode, value=value)
+        return sel, sel.select(backend.candidates(), rng)
+    except SelectorError as exc:
+        raise ActivityFailed(str(exc)) from None
+
+
+def _inject(kind: str, params: dict[str, Any], selector: dict[str, Any] | None, mode: str,
+            value: Any, duration: Any, configuration: dict[str, Any] | None) -> dict[str, Any]:
+    hold = parse_seconds(duration, "duration") if duration is not None else None
+    try:
+        backend = backend_for(configuration)
+    except BackendError as exc:
+        raise ActivityFailed(str(exc)) from None
+    if not backend.supports(kind):
+        raise ActivityFailed(f"the {backend.name} backend cannot inject {kind!r}")
+    sel, victims = resolve_victims(backend, selector, mode, value)
+    if getattr(_dry, "on", False):
+        return {"kind": kind, "victims": [v.name for v in victims], "params": params}
+    run = ensure_run()
+    if run.interrupted.is_set():
+        raise ActivityFailed(f"run interrupted: {kind} not injected")
+    record = FaultRecord(kind=kind, victims=[v.name for v in victims], params=params,
+                         selector={**sel.to_spec(), "mode": mode, "value": value},
+                         backend=backend.name, target=sel.describe())
+    run.ledger.add(record)
+    try:
+        details = backend.inject(record)
+    except Exception as exc:
+        _safe_recover(backend, record, run, error=f"injection failed: {exc}")
+        raise ActivityFailed(f"{kind} on {record.victims} failed: {exc}") from None
+    run.ledger.mark_injected(record, details)
+    log.info("injected %s on %s", kind, ", ".join(record.victims))
+    if hold:
+        _hold(run, hold)
+        _safe_recover(backend, record, run)
+    return record.to_json()
+
+
+def _hold(run: RunContext, seconds: float) -> None:
+    """Sleep, but wake up at once when the run is interrupted."""
+    run.interrupted.wait(seconds)
+
+
+def _safe_recover(backend: FaultBackend, record: FaultRecord, run: RunContext,
+                  error: str | None = None) -> str | None:
+    """Remove a fault; a failure is recorded on the fault, never raised (rollbacks go on)."""
+    if record.removed_at is not None:
+        return record.error
+    problem = error
+    try:
+        backend.recover(record)
+    except Exception as exc:
+        problem = f"{error + '; ' if error else ''}recovery failed: {exc}"
+        log.error("could not remove fault %s (%s): %s", record.id, record.kind, exc)
+    run.ledger.mark_removed(record, error=problem)
+    return problem
+
+
+def pod_kill(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
+             restart_after: Any = 5.0, duration: Any = None,
+             configuration: dict[str, Any] | None = None,
+             secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SIGKILL the selected processes. The supervisor restarts them after `restart_after`
+    seconds; with `restart_after: null` they stay down until the fault is recovered, which a
+    `duration` does by itself (the outage is then exactly the fault window)."""
+    after = None if restart_after is None else parse_seconds(restart_after, "restart_after")
+    return _inject("pod-kill", {"restart_after": after}, selector, mode, value, duration,
+                   configuration)
+
+
+def pod_pause(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
+              duration: Any = None, configuration: dict[str, Any] | None = None,
+              secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SIGSTOP the selected processes; SIGCONT on recovery."""
+    return _inject("pod-pause", {}, selector, mode, value, duration, configuration)
+
+
+def network_delay(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
+                  latency: Any = "500ms", jitter: Any = "0ms", correlation: Any = 0,
+                  direction: str = "to", duration: Any = None,
+                  configuration: dict[str, Any] | None = None,
+                  secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Delay traffic on every link into or out of the selected processes (netem-like)."""
+    params = {"delay_ms": parse_seconds(latency, "latency") * 1000,
+              "jitter_ms": parse_seconds(jitter, "jitter") * 1000,
+              "correlation": parse_percent(correlation, "correlation"),
+              "direction": _direction(direction)}
+    return _inject("network-delay", params, selector, mode, value, duration, configuration)
+
+
+def network_loss(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
+                 loss: Any = 10, correlation: Any = 0, direction: str = "to",
+                 duration: Any = None, configuration: dict[str, Any] | None = None,
+                 secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Lose a share of segments; on TCP links a loss costs a retransmission timeout."""
+    params = {"loss": parse_percent(loss, "loss"),
+              "correlation": parse_percent(correlation, "correlation"),
+              "direction": _direction(direction)}
+    return _inject("network-loss", params, selector, mode, value, duration, configuration)
+
+
+def network_bandwidth(selector: dict[str, Any] | None = None, mode: str = "one",
+                      value: Any = None, rate: Any = "1mbps", direction: str = "to",
+                      duration: Any = None, configuration: dict[str, Any] | None = None,
+                      secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Cap the throughput of the links of the selected processes."""
+    params = {"rate_bps": parse_rate(rate), "direction": _direction(direction)}
+    return _inject("network-bandwidth", params, selector, mode, value, duration, configuration)
+
+
+def network_partition(selector: dict[str, Any] | None = None, mode: str = "one",
+                      value: Any = None, action: str = "blackhole", direction: str = "both",
+                      duration: Any = None, configuration: dict[str, Any] | None = None,
+                      secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Cut the selected processes off: `blackhole` drops silently, `reset` refuses."""
+    if action not in ("blackhole", "reset"):
+        raise ActivityFailed(f"action: {action!r} is not 'blackhole' or 'reset'")
+    params = {"partition": action, "direction": _direction(direction)}
+    return _inject("network-partition", params, selector, mode, value, duration, configuration)
+
+
+def recover(fault_id: str, configuration: dict[str, Any] | None = None,
+            secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Remove one fault of this run by its id."""
+    run = ensure_run()
+    try:
+        record = run.ledger.get(fault_id)
+    except KeyError:
+        raise ActivityFailed(f"no fault with id {fault_id!r} in this run") from None
+    _safe_recover(backend_for(configuration), record, run)
+    return record.to_json()
+
+
+def recover_all(configuration: dict[str, Any] | None = None,
+                secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Remove every fault of this run that is still active (the rollback of every experiment)."""
+    run = ensure_run()
+    active = run.ledger.active()
+    errors: list[str] = []
+    if active:
+        try:
+            backend = backend_for(configuration)
+        except BackendError as exc:
+            raise ActivityFailed(f"cannot remove {len(active)} fault(s): {exc}") from None
+        for record in active:
+            problem = _safe_recover(backend, record, run)
+            if problem:
+                errors.append(f"{record.kind} {record.id}: {problem}")
+    result = {"removed": [r.id for r in active], "errors": errors,
+              "still_active": [r.id for r in run.ledger.active()], "at": time.time()}
+    if errors:
+        raise ActivityFailed("; ".join(errors))
+    return result
+
+
+def list_faults(configuration: dict[str, Any] | None = None,
+                secrets: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every fault of this run, active or removed."""
+    return ensure_run().ledger.to_json()
+
+
+def preflight(func: str, arguments: dict[str, Any],
+              configuration: dict[str, Any] | None) -> dict[str, Any]:
+    """Check a fault action's arguments and selector against the live target, injecting
+    nothing; raises ActivityFailed with the problem."""
+    if func not in FAULT_ACTIONS:
+        raise ActivityFailed(f"unknown fault action {func!r}; "
+                             f"expected one of {', '.join(sorted(FAULT_ACTIONS))}")
+    _dry.on = True
+    try:
+        return globals()[func](**arguments, configuration=configuration)
+    except TypeError as exc:
+        raise ActivityFailed(f"{func}: {exc}") from None
+    finally:
+        _dry.on = False
+
+
+FAULT_ACTIONS = {name for name in __all__ if name not in ("recover", "recover_all", "list_faults")}
