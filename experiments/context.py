@@ -31,7 +31,7 @@ class RunContext:
 
     @property
     def records_path(self) -> Path:
-        return self.out_dir / "load.jsonl"
+        return self.out_dir / "records.jsonl"
 
     @property
     def journal_path(self) -> Path:

@@ -45,9 +45,10 @@ def configure_control(configuration: dict[str, Any] | None = None, secrets: Any 
     ends the run cleanly instead of crashing Chaos Toolkit."""
     configuration = configuration if configuration is not None else {}
     title = (experiment or {}).get("title", "experiment")
-    out_root = configuration.get("out_dir") or os.environ.get("INFERENCE_CHAOS_OUT")
+    out_root = configuration.get("runs_dir") or os.environ.get("INFERENCE_CHAOS_OUT")
     run = run_context.start_run(title, out_root)
-    configuration["run_dir"] = str(run.out_dir)
+    # the load and the probes find the run's folder and records through these keys
+    configuration["run_dir"] = configuration["out_dir"] = str(run.out_dir)
     configuration["records_path"] = str(run.records_path)
 
 
@@ -211,9 +212,12 @@ def _prometheus_series(configuration: dict[str, Any], journal: dict[str, Any]
             "gateway retries/s": "sum(rate(gateway_retries_total[5s]))",
             "running sequences": "sum(vllm:num_requests_running)",
         }
-        return {name: range_series(q, start, end, 1.0, url=url,
-                                   configuration=configuration)
-                for name, q in queries.items()}
+        series = {}
+        for name, q in queries.items():
+            found = range_series(q, start, end, 1.0, url=url, configuration=configuration)
+            if found:
+                series[name] = [[t, v] for t, v in found[0]["values"] if v is not None]
+        return series
     except Exception as exc:
         log.debug("prometheus series unavailable: %s", exc)
         return None

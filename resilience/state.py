@@ -48,11 +48,16 @@ def remove_state(path: Path | None = None) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists (a stopped process counts as alive)."""
+    """True when a process with this pid runs (a stopped one counts; a zombie does not:
+    it is dead and only waits for its parent to collect it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,0 +1,201 @@
+"""`inference-chaos`: the harness's command line.
+
+    inference-chaos up [--nodes N] [--gpus-per-node G]   start the embedded cluster
+    inference-chaos status                               what runs, with pids, ports, labels
+    inference-chaos down                                 stop it all, leave nothing behind
+    inference-chaos run EXPERIMENT [chaos run options]   `chaos run` with our defaults
+    inference-chaos load --url URL ...                   load alone, no chaos
+    inference-chaos recover                              remove faults a crashed run left
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"inference-chaos: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from resilience import launcher
+    from resilience.prometheus import PrometheusMissing
+
+    opts = launcher.UpOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                              restart_delay=args.restart_delay,
+                              worker_config=json.loads(args.worker_config),
+                              prometheus=not args.no_prometheus)
+    try:
+        st = launcher.up(opts)
+    except (PrometheusMissing, launcher.ClusterError) as exc:
+        return _fail(str(exc))
+    print(f"cluster up: {len(st['processes'])} processes; gateway {st['gateway_url']}; "
+          f"prometheus {st.get('prometheus_url')}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from resilience import launcher
+
+    st = launcher.status()
+    if not st:
+        print("no cluster running")
+        return 3
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"gateway {st['gateway_url']}  prometheus {st.get('prometheus_url')}  "
+          f"supervisor pid {st['supervisor']['pid']}")
+    for p in st["processes"]:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items()))
+        ports = ",".join(f"{k}:{v}" for k, v in p["ports"].items())
+        state = "alive" if p["alive"] else "DEAD"
+        print(f"  {p['name']:<16} pid {p['pid']!s:<8} {state:<5} {ports:<16} {labels}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from resilience import launcher
+
+    outcome = launcher.down()
+    if not outcome["stopped"]:
+        print(outcome["reason"])
+        return 0
+    if outcome["ports_still_bound"]:
+        return _fail(f"ports still bound after down: {outcome['ports_still_bound']}", 1)
+    print("cluster down" + (f" (killed leftovers {outcome['killed_leftovers']})"
+                            if outcome["killed_leftovers"] else ""))
+    return 0
+
+
+def check_experiment(path: Path) -> str | None:
+    """A one-line problem with an experiment file, or None when Chaos Toolkit would accept it."""
+    import yaml
+    from chaoslib.exceptions import ChaosException
+    from chaoslib.experiment import ensure_experiment_is_valid
+
+    if not path.is_file():
+        return f"no experiment file at {path}"
+    try:
+        experiment = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return f"{where}: malformed YAML: {problem}"
+    if not isinstance(experiment, dict):
+        return f"{path}: an experiment must be a mapping, got {type(experiment).__name__}"
+    try:
+        ensure_experiment_is_valid(experiment)
+    except ChaosException as exc:
+        return f"{path}: invalid experiment: {str(exc).strip().splitlines()[0]}"
+    except Exception as exc:  # chaoslib trips over some malformed shapes
+        return f"{path}: invalid experiment: {type(exc).__name__}: {exc}"
+    return None
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Chaos Toolkit's own CLI, without its call home; the control writes journal and report
+    into the run's folder."""
+    experiment = Path(args.experiment)
+    problem = check_experiment(experiment)
+    if problem:
+        return _fail(problem)
+    chaos = shutil.which("chaos", path=os.path.dirname(sys.executable) + os.pathsep
+                         + os.environ.get("PATH", ""))
+    if not chaos:
+        return _fail("the 'chaos' command (package chaostoolkit) is not installed")
+    argv = [chaos, "--no-version-check", "--log-file",
+            os.environ.get("INFERENCE_CHAOS_LOG", "chaostoolkit.log"), "run", *extra,
+            str(experiment)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(chaos, argv)  # become `chaos`: signals and the exit code are its own
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Remove faults that a crashed or killed run left active (from the mirrored ledgers)."""
+    from experiments.backends import BackendError, backend_for
+    from experiments.ledger import Ledger
+    from resilience.state import home
+
+    files = sorted((home() / "faults").glob("*.json"))
+    removed, errors = 0, []
+    for path in files:
+        ledger = Ledger.load(path)
+        active = ledger.active()
+        if not active:
+            continue
+        try:
+            backend = backend_for({"target": active[0].backend})
+        except BackendError as exc:
+            errors.append(f"{path.name}: {exc}")
+            continue
+        for record in active:
+            try:
+                backend.recover(record)
+                ledger.mark_removed(record, error="removed by 'inference-chaos recover'")
+                removed += 1
+            except Exception as exc:
+                errors.append(f"{record.kind} {record.id}: {exc}")
+    print(f"removed {removed} leftover fault(s) from {len(files)} run ledger(s)")
+    for e in errors:
+        print(f"  error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Any]:
+    parser = argparse.ArgumentParser(prog="inference-chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start the embedded cluster")
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--gpus-per-node", type=int, default=2)
+    p.add_argument("--restart-delay", type=float, default=1.0,
+                   help="seconds before a process that died on its own is restarted")
+    p.add_argument("--worker-config", default="{}", help="JSON overrides of the worker model")
+    p.add_argument("--no-prometheus", action="store_true")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("status", help="show the processes of the embedded cluster")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("down", help="stop the embedded cluster")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("run", help="run an experiment with Chaos Toolkit")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("recover", help="remove faults left by a crashed run")
+    p.set_defaults(func=cmd_recover)
+
+    load = sub.add_parser("load", help="drive streaming load against any OpenAI-compatible URL")
+    return parser, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, load = build_parser()
+    from loadtests import cli as load_cli
+
+    load_cli.add_arguments(load)
+    load.set_defaults(func=load_cli.main)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        return cmd_run(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
