@@ -38,9 +38,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def configure_control(configuration: dict[str, Any] | None = None, secrets: Any = None,
-                      settings: Any = None, experiment: dict[str, Any] | None = None,
-                      **_: Any) -> None:
+def configure_control(
+    configuration: dict[str, Any] | None = None,
+    secrets: Any = None,
+    settings: Any = None,
+    experiment: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
     """Open the run. The target is started in `before_experiment_control`, where a failure
     ends the run cleanly instead of crashing Chaos Toolkit."""
     configuration = configuration if configuration is not None else {}
@@ -52,9 +56,12 @@ def configure_control(configuration: dict[str, Any] | None = None, secrets: Any 
     configuration["records_path"] = str(run.records_path)
 
 
-def before_experiment_control(context: Any = None,
-                              configuration: dict[str, Any] | None = None,
-                              experiment: dict[str, Any] | None = None, **_: Any) -> None:
+def before_experiment_control(
+    context: Any = None,
+    configuration: dict[str, Any] | None = None,
+    experiment: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
     configuration = configuration if configuration is not None else {}
     experiment = experiment or context or {}
     run = run_context.current_run() or run_context.start_run(experiment.get("title", "experiment"))
@@ -80,9 +87,12 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
     if not state:
         opts = launcher.UpOptions(
             nodes=int(configuration.get("nodes", 4)),
-            gpus_per_node=int(configuration.get("gpus_per_node", 2)))
-        _say(f"inference-chaos: starting the embedded cluster ({opts.nodes} nodes x "
-             f"{opts.gpus_per_node} GPUs)")
+            gpus_per_node=int(configuration.get("gpus_per_node", 2)),
+        )
+        _say(
+            f"inference-chaos: starting the embedded cluster ({opts.nodes} nodes x "
+            f"{opts.gpus_per_node} GPUs)"
+        )
         started = time.monotonic()
         state = launcher.up(opts)
         run.owns_cluster = True
@@ -149,8 +159,12 @@ def _cleanup(configuration: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
-def after_experiment_control(context: Any = None, state: dict[str, Any] | None = None,
-                             configuration: dict[str, Any] | None = None, **_: Any) -> None:
+def after_experiment_control(
+    context: Any = None,
+    state: dict[str, Any] | None = None,
+    configuration: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
     configuration = configuration if configuration is not None else {}
     journal = state if state is not None else {}
     run = run_context.current_run()
@@ -158,11 +172,15 @@ def after_experiment_control(context: Any = None, state: dict[str, Any] | None =
         cleanup = _cleanup(configuration)
         if run is None:
             return
-        verdict = reach_verdict(journal, run.faults(), cleanup["errors"],
-                                aborted_reason=run.load.get("aborted_reason"))
+        verdict = reach_verdict(
+            journal, run.faults(), cleanup["errors"], aborted_reason=run.load.get("aborted_reason")
+        )
         journal["inference_chaos"] = {
-            **verdict, "run_id": run.run_id, "run_dir": str(run.out_dir),
-            "faults": run.faults(), "records_path": str(run.records_path),
+            **verdict,
+            "run_id": run.run_id,
+            "run_dir": str(run.out_dir),
+            "faults": run.faults(),
+            "records_path": str(run.records_path),
             "cluster_owned": run.owns_cluster,
         }
         if verdict["verdict"] == "deviated":
@@ -170,8 +188,10 @@ def after_experiment_control(context: Any = None, state: dict[str, Any] | None =
         elif verdict["verdict"] == "failed" and journal.get("status") == "completed":
             journal["status"] = "failed"
         _write_outputs(run, journal, configuration)
-        _say(f"inference-chaos: verdict {verdict['verdict'].upper()}"
-             + (f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else ""))
+        _say(
+            f"inference-chaos: verdict {verdict['verdict'].upper()}"
+            + (f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else "")
+        )
         _say(f"inference-chaos: report {run.report_path}")
     finally:
         _restore_signal_handlers()
@@ -182,22 +202,28 @@ def after_experiment_control(context: Any = None, state: dict[str, Any] | None =
         run_context.end_run()
 
 
-def _write_outputs(run: run_context.RunContext, journal: dict[str, Any],
-                   configuration: dict[str, Any]) -> None:
+def _write_outputs(
+    run: run_context.RunContext, journal: dict[str, Any], configuration: dict[str, Any]
+) -> None:
     run.journal_path.write_text(json.dumps(journal, indent=2, default=str))
     series = _prometheus_series(configuration, journal)
     try:
         from reports.render import render_report
 
-        render_report(journal, run.records_path if run.records_path.exists() else None,
-                      run.report_path, prometheus_series=series)
+        render_report(
+            journal,
+            run.records_path if run.records_path.exists() else None,
+            run.report_path,
+            prometheus_series=series,
+        )
     except Exception as exc:  # a report problem must not hide the verdict
         log.error("could not write the report: %s", exc)
         _say(f"inference-chaos: could not write the report: {exc}")
 
 
-def _prometheus_series(configuration: dict[str, Any], journal: dict[str, Any]
-                       ) -> dict[str, Any] | None:
+def _prometheus_series(
+    configuration: dict[str, Any], journal: dict[str, Any]
+) -> dict[str, Any] | None:
     """Server-side series for the report; optional, so any failure leaves them out."""
     url = configuration.get("prometheus_url")
     if not url:

@@ -85,9 +85,13 @@ def _direction(direction: str) -> str:
     return direction
 
 
-def resolve_victims(backend: FaultBackend, selector: dict[str, Any] | None, mode: str,
-                    value: Any, rng: random.Random | None = None) -> tuple[Selector,
-                                                                         list[Candidate]]:
+def resolve_victims(
+    backend: FaultBackend,
+    selector: dict[str, Any] | None,
+    mode: str,
+    value: Any,
+    rng: random.Random | None = None,
+) -> tuple[Selector, list[Candidate]]:
     """Victims for a selector; any problem is a one-line ActivityFailed."""
     try:
         sel = Selector.from_spec(selector, mode=mode, value=value)
@@ -96,8 +100,15 @@ def resolve_victims(backend: FaultBackend, selector: dict[str, Any] | None, mode
         raise ActivityFailed(str(exc)) from None
 
 
-def _inject(kind: str, params: dict[str, Any], selector: dict[str, Any] | None, mode: str,
-            value: Any, duration: Any, configuration: dict[str, Any] | None) -> dict[str, Any]:
+def _inject(
+    kind: str,
+    params: dict[str, Any],
+    selector: dict[str, Any] | None,
+    mode: str,
+    value: Any,
+    duration: Any,
+    configuration: dict[str, Any] | None,
+) -> dict[str, Any]:
     hold = parse_seconds(duration, "duration") if duration is not None else None
     try:
         backend = backend_for(configuration)
@@ -111,9 +122,14 @@ def _inject(kind: str, params: dict[str, Any], selector: dict[str, Any] | None, 
     run = ensure_run()
     if run.interrupted.is_set():
         raise ActivityFailed(f"run interrupted: {kind} not injected")
-    record = FaultRecord(kind=kind, victims=[v.name for v in victims], params=params,
-                         selector={**sel.to_spec(), "mode": mode, "value": value},
-                         backend=backend.name, target=sel.describe())
+    record = FaultRecord(
+        kind=kind,
+        victims=[v.name for v in victims],
+        params=params,
+        selector={**sel.to_spec(), "mode": mode, "value": value},
+        backend=backend.name,
+        target=sel.describe(),
+    )
     run.ledger.add(record)
     try:
         details = backend.inject(record)
@@ -133,8 +149,9 @@ def _hold(run: RunContext, seconds: float) -> None:
     run.interrupted.wait(seconds)
 
 
-def _safe_recover(backend: FaultBackend, record: FaultRecord, run: RunContext,
-                  error: str | None = None) -> str | None:
+def _safe_recover(
+    backend: FaultBackend, record: FaultRecord, run: RunContext, error: str | None = None
+) -> str | None:
     """Remove a fault; a failure is recorded on the fault, never raised (rollbacks go on)."""
     if record.removed_at is not None:
         return record.error
@@ -148,62 +165,103 @@ def _safe_recover(backend: FaultBackend, record: FaultRecord, run: RunContext,
     return problem
 
 
-def pod_kill(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
-             restart_after: Any = 5.0, duration: Any = None,
-             configuration: dict[str, Any] | None = None,
-             secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def pod_kill(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    restart_after: Any = 5.0,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """SIGKILL the selected processes. The supervisor restarts them after `restart_after`
     seconds; with `restart_after: null` they stay down until the fault is recovered, which a
     `duration` does by itself (the outage is then exactly the fault window)."""
     after = None if restart_after is None else parse_seconds(restart_after, "restart_after")
-    return _inject("pod-kill", {"restart_after": after}, selector, mode, value, duration,
-                   configuration)
+    return _inject(
+        "pod-kill", {"restart_after": after}, selector, mode, value, duration, configuration
+    )
 
 
-def pod_pause(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
-              duration: Any = None, configuration: dict[str, Any] | None = None,
-              secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def pod_pause(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """SIGSTOP the selected processes; SIGCONT on recovery."""
     return _inject("pod-pause", {}, selector, mode, value, duration, configuration)
 
 
-def network_delay(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
-                  latency: Any = "500ms", jitter: Any = "0ms", correlation: Any = 0,
-                  direction: str = "to", duration: Any = None,
-                  configuration: dict[str, Any] | None = None,
-                  secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def network_delay(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    latency: Any = "500ms",
+    jitter: Any = "0ms",
+    correlation: Any = 0,
+    direction: str = "to",
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Delay traffic on every link into or out of the selected processes (netem-like)."""
-    params = {"delay_ms": parse_seconds(latency, "latency") * 1000,
-              "jitter_ms": parse_seconds(jitter, "jitter") * 1000,
-              "correlation": parse_percent(correlation, "correlation"),
-              "direction": _direction(direction)}
+    params = {
+        "delay_ms": parse_seconds(latency, "latency") * 1000,
+        "jitter_ms": parse_seconds(jitter, "jitter") * 1000,
+        "correlation": parse_percent(correlation, "correlation"),
+        "direction": _direction(direction),
+    }
     return _inject("network-delay", params, selector, mode, value, duration, configuration)
 
 
-def network_loss(selector: dict[str, Any] | None = None, mode: str = "one", value: Any = None,
-                 loss: Any = 10, correlation: Any = 0, direction: str = "to",
-                 duration: Any = None, configuration: dict[str, Any] | None = None,
-                 secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def network_loss(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    loss: Any = 10,
+    correlation: Any = 0,
+    direction: str = "to",
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Lose a share of segments; on TCP links a loss costs a retransmission timeout."""
-    params = {"loss": parse_percent(loss, "loss"),
-              "correlation": parse_percent(correlation, "correlation"),
-              "direction": _direction(direction)}
+    params = {
+        "loss": parse_percent(loss, "loss"),
+        "correlation": parse_percent(correlation, "correlation"),
+        "direction": _direction(direction),
+    }
     return _inject("network-loss", params, selector, mode, value, duration, configuration)
 
 
-def network_bandwidth(selector: dict[str, Any] | None = None, mode: str = "one",
-                      value: Any = None, rate: Any = "1mbps", direction: str = "to",
-                      duration: Any = None, configuration: dict[str, Any] | None = None,
-                      secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def network_bandwidth(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    rate: Any = "1mbps",
+    direction: str = "to",
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Cap the throughput of the links of the selected processes."""
     params = {"rate_bps": parse_rate(rate), "direction": _direction(direction)}
     return _inject("network-bandwidth", params, selector, mode, value, duration, configuration)
 
 
-def network_partition(selector: dict[str, Any] | None = None, mode: str = "one",
-                      value: Any = None, action: str = "blackhole", direction: str = "both",
-                      duration: Any = None, configuration: dict[str, Any] | None = None,
-                      secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def network_partition(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    action: str = "blackhole",
+    direction: str = "both",
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Cut the selected processes off: `blackhole` drops silently, `reset` refuses."""
     if action not in ("blackhole", "reset"):
         raise ActivityFailed(f"action: {action!r} is not 'blackhole' or 'reset'")
@@ -211,8 +269,11 @@ def network_partition(selector: dict[str, Any] | None = None, mode: str = "one",
     return _inject("network-partition", params, selector, mode, value, duration, configuration)
 
 
-def recover(fault_id: str, configuration: dict[str, Any] | None = None,
-            secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def recover(
+    fault_id: str,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Remove one fault of this run by its id."""
     run = ensure_run()
     try:
@@ -223,8 +284,9 @@ def recover(fault_id: str, configuration: dict[str, Any] | None = None,
     return record.to_json()
 
 
-def recover_all(configuration: dict[str, Any] | None = None,
-                secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def recover_all(
+    configuration: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Remove every fault of this run that is still active (the rollback of every experiment)."""
     run = ensure_run()
     active = run.ledger.active()
@@ -238,26 +300,33 @@ def recover_all(configuration: dict[str, Any] | None = None,
             problem = _safe_recover(backend, record, run)
             if problem:
                 errors.append(f"{record.kind} {record.id}: {problem}")
-    result = {"removed": [r.id for r in active], "errors": errors,
-              "still_active": [r.id for r in run.ledger.active()], "at": time.time()}
+    result = {
+        "removed": [r.id for r in active],
+        "errors": errors,
+        "still_active": [r.id for r in run.ledger.active()],
+        "at": time.time(),
+    }
     if errors:
         raise ActivityFailed("; ".join(errors))
     return result
 
 
-def list_faults(configuration: dict[str, Any] | None = None,
-                secrets: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def list_faults(
+    configuration: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Every fault of this run, active or removed."""
     return ensure_run().ledger.to_json()
 
 
-def preflight(func: str, arguments: dict[str, Any],
-              configuration: dict[str, Any] | None) -> dict[str, Any]:
+def preflight(
+    func: str, arguments: dict[str, Any], configuration: dict[str, Any] | None
+) -> dict[str, Any]:
     """Check a fault action's arguments and selector against the live target, injecting
     nothing; raises ActivityFailed with the problem."""
     if func not in FAULT_ACTIONS:
-        raise ActivityFailed(f"unknown fault action {func!r}; "
-                             f"expected one of {', '.join(sorted(FAULT_ACTIONS))}")
+        raise ActivityFailed(
+            f"unknown fault action {func!r}; expected one of {', '.join(sorted(FAULT_ACTIONS))}"
+        )
     _dry.on = True
     try:
         return globals()[func](**arguments, configuration=configuration)

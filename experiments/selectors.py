@@ -43,8 +43,9 @@ class Selector:
     value: str | None = None
 
     @classmethod
-    def from_spec(cls, selector: dict[str, Any] | None, mode: str = "one",
-                  value: Any = None) -> Selector:
+    def from_spec(
+        cls, selector: dict[str, Any] | None, mode: str = "one", value: Any = None
+    ) -> Selector:
         """Build from the YAML shape; unknown keys and bad modes are errors."""
         selector = selector or {}
         if not isinstance(selector, dict):
@@ -52,16 +53,21 @@ class Selector:
         unknown = set(selector) - SELECTOR_KEYS
         if unknown:
             raise SelectorError(
-                f"unknown selector key(s) {sorted(unknown)}; expected {sorted(SELECTOR_KEYS)}")
+                f"unknown selector key(s) {sorted(unknown)}; expected {sorted(SELECTOR_KEYS)}"
+            )
         labels = dict(selector.get("labelSelectors") or {})
         labels.update(selector.get("nodeSelectors") or {})
         pods = selector.get("pods") or []
         if isinstance(pods, dict):  # Chaos Mesh: {namespace: [names]}
             pods = [name for names in pods.values() for name in names]
-        sel = cls(namespaces=list(selector.get("namespaces") or []),
-                  label_selectors={str(k): str(v) for k, v in labels.items()},
-                  nodes=list(selector.get("nodes") or []), pods=list(pods),
-                  mode=mode, value=None if value is None else str(value))
+        sel = cls(
+            namespaces=list(selector.get("namespaces") or []),
+            label_selectors={str(k): str(v) for k, v in labels.items()},
+            nodes=list(selector.get("nodes") or []),
+            pods=list(pods),
+            mode=mode,
+            value=None if value is None else str(value),
+        )
         sel.validate()
         return sel
 
@@ -78,8 +84,9 @@ class Selector:
             if self.mode == "fixed" and (number < 1 or number != int(number)):
                 raise SelectorError(f"mode 'fixed' needs a whole number >= 1, got {self.value}")
             if self.mode != "fixed" and not 0 < number <= 100:
-                raise SelectorError(f"mode {self.mode!r} needs a percent in (0, 100], "
-                                    f"got {self.value}")
+                raise SelectorError(
+                    f"mode {self.mode!r} needs a percent in (0, 100], got {self.value}"
+                )
 
     def to_spec(self) -> dict[str, Any]:
         """Chaos Mesh's shape, for the journal and the Kubernetes backend."""
@@ -126,8 +133,9 @@ class Selector:
             return min(limit, matched)
         return rng.randint(1, min(limit, matched))  # random-max-percent
 
-    def select(self, candidates: list[Candidate], rng: random.Random | None = None
-               ) -> list[Candidate]:
+    def select(
+        self, candidates: list[Candidate], rng: random.Random | None = None
+    ) -> list[Candidate]:
         """The victims: the matching candidates, narrowed by the mode. Never empty."""
         rng = rng or random.Random()
         matched = [c for c in candidates if self.matches(c)]

@@ -25,33 +25,44 @@ def _probe_runs(journal: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for phase in ("before", "after"):
         ss = (journal.get("steady_states") or {}).get(phase) or {}
         out += [(phase, r) for r in ss.get("probes") or []]
-    out += [("method", r) for r in journal.get("run") or []
-            if (r.get("activity") or {}).get("type") == "probe"]
+    out += [
+        ("method", r)
+        for r in journal.get("run") or []
+        if (r.get("activity") or {}).get("type") == "probe"
+    ]
     return out
 
 
 def is_slo_result(output: Any) -> bool:
-    return isinstance(output, dict) and "ok" in output and (
-        "verdict" in output or "bound_s" in output)
+    return (
+        isinstance(output, dict) and "ok" in output and ("verdict" in output or "bound_s" in output)
+    )
 
 
 def describe_slo(slo: dict[str, Any]) -> str:
     if "bound_s" in slo:
         value = slo.get("value")
         shown = f"{value * 1000:.0f} ms" if isinstance(value, int | float) else "n/a"
-        return (f"{slo.get('metric', 'latency')} p{round(float(slo.get('quantile', 0)) * 100)} "
-                f"{shown} vs bound {float(slo['bound_s']) * 1000:.0f} ms "
-                f"(window {slo.get('window', 'all')})")
+        return (
+            f"{slo.get('metric', 'latency')} p{round(float(slo.get('quantile', 0)) * 100)} "
+            f"{shown} vs bound {float(slo['bound_s']) * 1000:.0f} ms "
+            f"(window {slo.get('window', 'all')})"
+        )
     sli = slo.get("sli")
     shown = f"{sli * 100:.3f}%" if isinstance(sli, int | float) else "n/a"
-    return (f"availability {shown} vs target {float(slo.get('target', 0)) * 100:.1f}% "
-            f"{slo.get('verdict', '')} ({slo.get('good')}/{slo.get('total')}, "
-            f"window {slo.get('window', 'all')}, {slo.get('source', 'client')})")
+    return (
+        f"availability {shown} vs target {float(slo.get('target', 0)) * 100:.1f}% "
+        f"{slo.get('verdict', '')} ({slo.get('good')}/{slo.get('total')}, "
+        f"window {slo.get('window', 'all')}, {slo.get('source', 'client')})"
+    )
 
 
-def reach_verdict(journal: dict[str, Any], faults: list[dict[str, Any]],
-                  cleanup_errors: list[str] | None = None,
-                  aborted_reason: str | None = None) -> dict[str, Any]:
+def reach_verdict(
+    journal: dict[str, Any],
+    faults: list[dict[str, Any]],
+    cleanup_errors: list[str] | None = None,
+    aborted_reason: str | None = None,
+) -> dict[str, Any]:
     verdict = "passed"
     reasons: list[str] = []
 
@@ -69,8 +80,11 @@ def reach_verdict(journal: dict[str, Any], faults: list[dict[str, Any]],
 
     before = (journal.get("steady_states") or {}).get("before")
     if before is not None and not before.get("steady_state_met"):
-        bad = [r["activity"]["name"] for r in before.get("probes") or []
-               if r.get("status") != "succeeded" or r.get("tolerance_met") is False]
+        bad = [
+            r["activity"]["name"]
+            for r in before.get("probes") or []
+            if r.get("status") != "succeeded" or r.get("tolerance_met") is False
+        ]
         worse("failed", f"steady state not met before the method ({', '.join(bad) or 'probes'})")
 
     for r in journal.get("run") or []:
@@ -81,8 +95,11 @@ def reach_verdict(journal: dict[str, Any], faults: list[dict[str, Any]],
 
     for phase, r in _probe_runs(journal):
         if r.get("status") == "failed":
-            worse("failed", f"probe {r['activity'].get('name')} ({phase}) could not measure: "
-                            f"{_last_line(r.get('exception'))}")
+            worse(
+                "failed",
+                f"probe {r['activity'].get('name')} ({phase}) could not measure: "
+                f"{_last_line(r.get('exception'))}",
+            )
 
     slos = []
     for phase, r in _probe_runs(journal):
@@ -94,8 +111,11 @@ def reach_verdict(journal: dict[str, Any], faults: list[dict[str, Any]],
 
     after = (journal.get("steady_states") or {}).get("after")
     if after is not None and not after.get("steady_state_met"):
-        bad = [r["activity"]["name"] for r in after.get("probes") or []
-               if r.get("tolerance_met") is False]
+        bad = [
+            r["activity"]["name"]
+            for r in after.get("probes") or []
+            if r.get("tolerance_met") is False
+        ]
         if bad:
             worse("deviated", f"hypothesis not met after the method ({', '.join(bad)})")
 

@@ -1,11 +1,11 @@
 """`inference-chaos`: the harness's command line.
 
-    inference-chaos up [--nodes N] [--gpus-per-node G]   start the embedded cluster
-    inference-chaos status                               what runs, with pids, ports, labels
-    inference-chaos down                                 stop it all, leave nothing behind
-    inference-chaos run EXPERIMENT [chaos run options]   `chaos run` with our defaults
-    inference-chaos load --url URL ...                   load alone, no chaos
-    inference-chaos recover                              remove faults a crashed run left
+inference-chaos up [--nodes N] [--gpus-per-node G]   start the embedded cluster
+inference-chaos status                               what runs, with pids, ports, labels
+inference-chaos down                                 stop it all, leave nothing behind
+inference-chaos run EXPERIMENT [chaos run options]   `chaos run` with our defaults
+inference-chaos load --url URL ...                   load alone, no chaos
+inference-chaos recover                              remove faults a crashed run left
 """
 
 from __future__ import annotations
@@ -28,16 +28,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     from resilience import launcher
     from resilience.prometheus import PrometheusMissing
 
-    opts = launcher.UpOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                              restart_delay=args.restart_delay,
-                              worker_config=json.loads(args.worker_config),
-                              prometheus=not args.no_prometheus)
+    opts = launcher.UpOptions(
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        restart_delay=args.restart_delay,
+        worker_config=json.loads(args.worker_config),
+        prometheus=not args.no_prometheus,
+    )
     try:
         st = launcher.up(opts)
     except (PrometheusMissing, launcher.ClusterError) as exc:
         return _fail(str(exc))
-    print(f"cluster up: {len(st['processes'])} processes; gateway {st['gateway_url']}; "
-          f"prometheus {st.get('prometheus_url')}")
+    print(
+        f"cluster up: {len(st['processes'])} processes; gateway {st['gateway_url']}; "
+        f"prometheus {st.get('prometheus_url')}"
+    )
     return 0
 
 
@@ -51,8 +56,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"gateway {st['gateway_url']}  prometheus {st.get('prometheus_url')}  "
-          f"supervisor pid {st['supervisor']['pid']}")
+    print(
+        f"gateway {st['gateway_url']}  prometheus {st.get('prometheus_url')}  "
+        f"supervisor pid {st['supervisor']['pid']}"
+    )
     for p in st["processes"]:
         labels = ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items()))
         ports = ",".join(f"{k}:{v}" for k, v in p["ports"].items())
@@ -70,8 +77,14 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     if outcome["ports_still_bound"]:
         return _fail(f"ports still bound after down: {outcome['ports_still_bound']}", 1)
-    print("cluster down" + (f" (killed leftovers {outcome['killed_leftovers']})"
-                            if outcome["killed_leftovers"] else ""))
+    print(
+        "cluster down"
+        + (
+            f" (killed leftovers {outcome['killed_leftovers']})"
+            if outcome["killed_leftovers"]
+            else ""
+        )
+    )
     return 0
 
 
@@ -108,13 +121,20 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     problem = check_experiment(experiment)
     if problem:
         return _fail(problem)
-    chaos = shutil.which("chaos", path=os.path.dirname(sys.executable) + os.pathsep
-                         + os.environ.get("PATH", ""))
+    chaos = shutil.which(
+        "chaos", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    )
     if not chaos:
         return _fail("the 'chaos' command (package chaostoolkit) is not installed")
-    argv = [chaos, "--no-version-check", "--log-file",
-            os.environ.get("INFERENCE_CHAOS_LOG", "chaostoolkit.log"), "run", *extra,
-            str(experiment)]
+    argv = [
+        chaos,
+        "--no-version-check",
+        "--log-file",
+        os.environ.get("INFERENCE_CHAOS_LOG", "chaostoolkit.log"),
+        "run",
+        *extra,
+        str(experiment),
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(chaos, argv)  # become `chaos`: signals and the exit code are its own
@@ -152,15 +172,22 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Any]:
-    parser = argparse.ArgumentParser(prog="inference-chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="inference-chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start the embedded cluster")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--gpus-per-node", type=int, default=2)
-    p.add_argument("--restart-delay", type=float, default=1.0,
-                   help="seconds before a process that died on its own is restarted")
+    p.add_argument(
+        "--restart-delay",
+        type=float,
+        default=1.0,
+        help="seconds before a process that died on its own is restarted",
+    )
     p.add_argument("--worker-config", default="{}", help="JSON overrides of the worker model")
     p.add_argument("--no-prometheus", action="store_true")
     p.set_defaults(func=cmd_up)

@@ -15,8 +15,11 @@ from chaoslib.exceptions import ActivityFailed
 __all__ = ["cluster_healthy"]
 
 
-def cluster_healthy(wait_s: float = 10.0, configuration: dict[str, Any] | None = None,
-                    secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def cluster_healthy(
+    wait_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Wait up to `wait_s` for every process to run and every upstream to be healthy."""
     from resilience.state import pid_alive, read_state
 
@@ -26,14 +29,20 @@ def cluster_healthy(wait_s: float = 10.0, configuration: dict[str, Any] | None =
         state = read_state()
         if not state:
             raise ActivityFailed("the embedded cluster is not running")
-        problems = [f"{p['name']} is not running" for p in state["processes"]
-                    if not (p.get("pid") and pid_alive(p["pid"]))]
+        problems = [
+            f"{p['name']} is not running"
+            for p in state["processes"]
+            if not (p.get("pid") and pid_alive(p["pid"]))
+        ]
         try:
             r = httpx.get(state["gateway_url"] + "/upstreams", timeout=1.0, trust_env=False)
             r.raise_for_status()
             upstreams: dict[str, dict[str, Any]] = r.json()
-            problems += [f"{name} is out of rotation" for name, u in upstreams.items()
-                         if not u.get("healthy", False) or u.get("ejected")]
+            problems += [
+                f"{name} is out of rotation"
+                for name, u in upstreams.items()
+                if not u.get("healthy", False) or u.get("ejected")
+            ]
         except (httpx.HTTPError, ValueError) as exc:
             problems.append(f"gateway {state['gateway_url']} did not answer: {exc}")
         if not problems:

@@ -32,29 +32,54 @@ def _records(configuration: dict[str, Any] | None, baseline_seconds: float) -> t
     run_dir = Path(configuration.get("run_dir") or ".")
     baseline = run_dir / "baseline.jsonl"
     if not baseline.exists():
-        count = sample_load(url, baseline, seconds=baseline_seconds,
-                            max_tokens=int(configuration.get("max_tokens", 16)))
+        count = sample_load(
+            url,
+            baseline,
+            seconds=baseline_seconds,
+            max_tokens=int(configuration.get("max_tokens", 16)),
+        )
         if count == 0:
             raise ActivityFailed(f"baseline sample against {url} completed no request")
     return baseline, "baseline"
 
 
-def availability_slo(target: float = 0.999, window: str = "all", confidence: float = 0.95,
-                     baseline_seconds: float = 3.0, configuration: dict[str, Any] | None = None,
-                     secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def availability_slo(
+    target: float = 0.999,
+    window: str = "all",
+    confidence: float = 0.95,
+    baseline_seconds: float = 3.0,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     path, sample = _records(configuration, baseline_seconds)
     window = window if sample == "load" else "all"
-    result = slo.availability(records_path=str(path), window=window, target=target,
-                              confidence=confidence, configuration=configuration)
+    result = slo.availability(
+        records_path=str(path),
+        window=window,
+        target=target,
+        confidence=confidence,
+        configuration=configuration,
+    )
     return {**result, "sample": sample}
 
 
-def latency_slo(metric: str = "ttft", quantile: float = 0.95, bound_s: float = 1.0,
-                window: str = "all", baseline_seconds: float = 3.0,
-                configuration: dict[str, Any] | None = None,
-                secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+def latency_slo(
+    metric: str = "ttft",
+    quantile: float = 0.95,
+    bound_s: float = 1.0,
+    window: str = "all",
+    baseline_seconds: float = 3.0,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     path, sample = _records(configuration, baseline_seconds)
     window = window if sample == "load" else "all"
-    result = slo.latency(metric=metric, quantile=quantile, bound_s=float(bound_s), window=window,
-                         records_path=str(path), configuration=configuration)
+    result = slo.latency(
+        metric=metric,
+        quantile=quantile,
+        bound_s=float(bound_s),
+        window=window,
+        records_path=str(path),
+        configuration=configuration,
+    )
     return {**result, "sample": sample}

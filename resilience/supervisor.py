@@ -134,7 +134,7 @@ class Supervisor:
                         async with session.get(m.spec.ready_url) as r:
                             if r.status == 200:
                                 pending.discard(name)
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         pass
                 if not pending:
                     break

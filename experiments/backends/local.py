@@ -27,8 +27,9 @@ FLIP = {"to": "from", "from": "to", "both": "both"}
 class LocalBackend:
     name = "local"
 
-    def __init__(self, state: dict[str, Any], namespace: str = "default",
-                 timeout: float = 2.0) -> None:
+    def __init__(
+        self, state: dict[str, Any], namespace: str = "default", timeout: float = 2.0
+    ) -> None:
         self.state = state
         self.namespace = namespace
         self.timeout = timeout
@@ -37,8 +38,9 @@ class LocalBackend:
     def from_running_cluster(cls, configuration: dict[str, Any]) -> LocalBackend:
         state = read_state()
         if not state or not state.get("ready"):
-            raise BackendError("the embedded cluster is not running: start it with "
-                               "'inference-chaos up'")
+            raise BackendError(
+                "the embedded cluster is not running: start it with 'inference-chaos up'"
+            )
         return cls(state, namespace=configuration.get("namespace", "default"))
 
     def refresh(self) -> None:
@@ -50,8 +52,10 @@ class LocalBackend:
         return kind in NETWORK_KINDS or kind in PROCESS_KINDS
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(name=p["name"], labels=dict(p["labels"]), namespace=self.namespace)
-                for p in self.state["processes"]]
+        return [
+            Candidate(name=p["name"], labels=dict(p["labels"]), namespace=self.namespace)
+            for p in self.state["processes"]
+        ]
 
     def _process(self, name: str) -> dict[str, Any]:
         for p in self.state["processes"]:
@@ -97,7 +101,7 @@ class LocalBackend:
             for name in record.victims:
                 self._supervisor(f"/processes/{name}/release")
         elif record.kind == "pod-pause":
-            for name, pid in record.details.get("pids", {}).items():
+            for pid in record.details.get("pids", {}).values():
                 try:
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
@@ -107,8 +111,12 @@ class LocalBackend:
                 self._proxy("DELETE", f"/faults/{rule['id']}")
 
     def describe(self, record: FaultRecord) -> dict[str, Any]:
-        return {"backend": self.name, "kind": record.kind, "victims": record.victims,
-                "details": record.details}
+        return {
+            "backend": self.name,
+            "kind": record.kind,
+            "victims": record.victims,
+            "details": record.details,
+        }
 
     # -- kinds --------------------------------------------------------------------------------
     def _kill(self, record: FaultRecord) -> dict[str, Any]:
@@ -152,10 +160,15 @@ class LocalBackend:
                     # the proxy speaks from the link target's side; the victim is the source
                     by_direction.setdefault(FLIP[direction], []).append(link["name"])
         if not by_direction:
-            raise BackendError(f"no link of the fault proxy touches {record.victims}; "
-                               "network faults need a proxied process")
-        rule = {k: v for k, v in record.params.items()
-                if k in ("delay_ms", "jitter_ms", "correlation", "loss", "rate_bps", "partition")}
+            raise BackendError(
+                f"no link of the fault proxy touches {record.victims}; "
+                "network faults need a proxied process"
+            )
+        rule = {
+            k: v
+            for k, v in record.params.items()
+            if k in ("delay_ms", "jitter_ms", "correlation", "loss", "rate_bps", "partition")
+        }
         installed = []
         try:
             for i, (d, links) in enumerate(sorted(by_direction.items())):

@@ -32,17 +32,31 @@ def test_up_serves_streams_scrapes_and_down_leaves_nothing(tmp_path):
         names = {p["name"] for p in state["processes"]}
         assert {"worker-n0-g0", "worker-n1-g1", "gateway", "faultproxy", "prometheus"} <= names
         assert all(pid_alive(p["pid"]) for p in state["processes"])
-        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-                "stream": True}
-        with httpx.stream("POST", state["gateway_url"] + "/v1/chat/completions", json=body,
-                          timeout=10, trust_env=False) as r:
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            state["gateway_url"] + "/v1/chat/completions",
+            json=body,
+            timeout=10,
+            trust_env=False,
+        ) as r:
             text = "".join(r.iter_text())
         assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
 
         def scraped():
-            r = httpx.get(state["prometheus_url"] + "/api/v1/query",
-                          params={"query": 'up{role="worker"}'}, timeout=2, trust_env=False)
+            r = httpx.get(
+                state["prometheus_url"] + "/api/v1/query",
+                params={"query": 'up{role="worker"}'},
+                timeout=2,
+                trust_env=False,
+            )
             return len(r.json()["data"]["result"]) == 4
+
         wait_for(scraped, timeout=15)
     assert read_state(tmp_path / "state.json") is None
 
@@ -52,8 +66,13 @@ def test_a_killed_worker_is_restarted_unless_held(tmp_path):
         control = state["supervisor"]["control_url"]
         victim = process(state, "worker-n0-g0")
         os.kill(victim["pid"], 9)
-        new = wait_for(lambda: (p := process(launcher.status(), "worker-n0-g0"))["pid"]
-                       != victim["pid"] and p["alive"] and p)
+        new = wait_for(
+            lambda: (
+                (p := process(launcher.status(), "worker-n0-g0"))["pid"] != victim["pid"]
+                and p["alive"]
+                and p
+            )
+        )
         assert new["restarts"] == 1
 
         httpx.post(f"{control}/processes/worker-n0-g0/hold", json={"until": None}, timeout=2)
@@ -72,10 +91,18 @@ def test_up_twice_reuses_the_running_cluster(tmp_path):
 
 
 def test_missing_prometheus_is_a_one_line_error(tmp_path):
-    env = {**os.environ, "INFERENCE_CHAOS_HOME": str(tmp_path),
-           "PATH": os.path.dirname(sys.executable)}
-    out = subprocess.run([sys.executable, "-m", "inference_chaos.cli", "up"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    env = {
+        **os.environ,
+        "INFERENCE_CHAOS_HOME": str(tmp_path),
+        "PATH": os.path.dirname(sys.executable),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "inference_chaos.cli", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install prometheus" in lines[0]
@@ -87,15 +114,20 @@ def test_cli_status_and_down(tmp_path):
     env = {**os.environ, "INFERENCE_CHAOS_HOME": str(tmp_path)}
     cli = [sys.executable, "-m", "inference_chaos.cli"]
     try:
-        up = subprocess.run(cli + ["up", "--nodes", "1", "--gpus-per-node", "2"], env=env,
-                            capture_output=True, text=True, timeout=60)
+        up = subprocess.run(
+            cli + ["up", "--nodes", "1", "--gpus-per-node", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert up.returncode == 0, up.stderr
-        status = subprocess.run(cli + ["status"], env=env, capture_output=True, text=True,
-                                timeout=30)
+        status = subprocess.run(
+            cli + ["status"], env=env, capture_output=True, text=True, timeout=30
+        )
         assert "worker-n0-g1" in status.stdout and "role=worker" in status.stdout
     finally:
-        down = subprocess.run(cli + ["down"], env=env, capture_output=True, text=True,
-                              timeout=60)
+        down = subprocess.run(cli + ["down"], env=env, capture_output=True, text=True, timeout=60)
     assert down.returncode == 0 and "cluster down" in down.stdout
     after = subprocess.run(cli + ["status"], env=env, capture_output=True, text=True, timeout=30)
     assert after.returncode == 3

@@ -19,8 +19,14 @@ from tests.integration.cluster_fixtures import chaos_home, link_port, running_cl
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SHORT = {"load_users": 8, "load_duration": 14, "warmup_s": 4, "fault_duration": "5s",
-         "nodes": 2, "gpus_per_node": 2}
+SHORT = {
+    "load_users": 8,
+    "load_duration": 14,
+    "warmup_s": 4,
+    "fault_duration": "5s",
+    "nodes": 2,
+    "gpus_per_node": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +39,42 @@ def cluster(tmp_path_factory):
 class Run:
     """A `chaos run` in a subprocess, with its output folder and fault ledger at hand."""
 
-    def __init__(self, tmp: Path, home: Path, experiment: str, config: dict | None = None,
-                 wrapper: bool = True) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        home: Path,
+        experiment: str,
+        config: dict | None = None,
+        wrapper: bool = True,
+    ) -> None:
         self.tmp, self.home = tmp, home
         var_file = tmp / "vars.json"
         var_file.write_text(json.dumps({"configuration": {**SHORT, **(config or {})}}))
         if wrapper:
             argv = [str(BIN / "inference-chaos"), "run", experiment, "--var-file", str(var_file)]
         else:
-            argv = [str(BIN / "chaos"), "--no-version-check", "run", "--var-file", str(var_file),
-                    experiment]
-        env = {**os.environ, "INFERENCE_CHAOS_HOME": str(home),
-               "INFERENCE_CHAOS_OUT": str(tmp / "runs")}
+            argv = [
+                str(BIN / "chaos"),
+                "--no-version-check",
+                "run",
+                "--var-file",
+                str(var_file),
+                experiment,
+            ]
+        env = {
+            **os.environ,
+            "INFERENCE_CHAOS_HOME": str(home),
+            "INFERENCE_CHAOS_OUT": str(tmp / "runs"),
+        }
         self.stderr_path = tmp / "stderr.log"
-        self.proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "w"),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.stderr_path, "w"),
+            start_new_session=True,
+        )
 
     def active_fault(self, timeout: float = 60.0) -> dict:
         """Wait until the run's mirrored ledger shows an injected, not yet removed fault."""
@@ -120,8 +146,9 @@ def test_worker_kill_really_kills_and_leaves_no_fault(cluster, tmp_path):
     assert proxy_faults(state) == []
     whole = assert_cluster_whole(home)
     assert next(p for p in whole["processes"] if p["name"] == victim)["pid"] != pid
-    load_pid = next(r for r in journal["run"]
-                    if r["activity"]["name"] == "start-streaming-load")["output"]["pid"]
+    load_pid = next(r for r in journal["run"] if r["activity"]["name"] == "start-streaming-load")[
+        "output"
+    ]["pid"]
     assert not pid_alive(load_pid)
     report = (run.run_dir() / "report.html").read_text()
     assert "fault-window" in report and victim in report and "pod-kill" in report
@@ -152,13 +179,18 @@ def test_network_delay_with_the_cluster_down_through_chaos_cli(tmp_path):
     assert (run.run_dir() / "report.html").exists()
 
 
-@pytest.mark.parametrize(("experiment", "sig"), [("worker-kill.yaml", signal.SIGTERM),
-                                                 ("network-delay.yaml", signal.SIGINT)])
-def test_a_signal_mid_fault_removes_every_fault_and_the_load(cluster, tmp_path, experiment,
-                                                             sig):
+@pytest.mark.parametrize(
+    ("experiment", "sig"),
+    [("worker-kill.yaml", signal.SIGTERM), ("network-delay.yaml", signal.SIGINT)],
+)
+def test_a_signal_mid_fault_removes_every_fault_and_the_load(cluster, tmp_path, experiment, sig):
     home, state = cluster
-    run = Run(tmp_path, home, str(ROOT / "experiments" / experiment),
-              {"fault_duration": "60s", "load_duration": 90})
+    run = Run(
+        tmp_path,
+        home,
+        str(ROOT / "experiments" / experiment),
+        {"fault_duration": "60s", "load_duration": 90},
+    )
     fault = run.active_fault()
     os.kill(run.proc.pid, sig)
     started = time.monotonic()
@@ -170,8 +202,9 @@ def test_a_signal_mid_fault_removes_every_fault_and_the_load(cluster, tmp_path, 
     assert all(f["removed_at"] for f in journal["inference_chaos"]["faults"])
     assert proxy_faults(state) == []
     assert_cluster_whole(home)
-    load_pid = next(r for r in journal["run"]
-                    if r["activity"]["name"] == "start-streaming-load")["output"]["pid"]
+    load_pid = next(r for r in journal["run"] if r["activity"]["name"] == "start-streaming-load")[
+        "output"
+    ]["pid"]
     assert not pid_alive(load_pid)
     assert fault["kind"] in ("pod-kill", "network-delay")
 
@@ -190,26 +223,44 @@ def one_line_error(stderr: str) -> str:
 
 def test_malformed_experiment_is_a_one_line_error(tmp_path):
     path = write(tmp_path, "title: broken\nmethod: [\n  - name: x\n")
-    out = subprocess.run([str(BIN / "inference-chaos"), "run", str(path)], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
+    out = subprocess.run(
+        [str(BIN / "inference-chaos"), "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "malformed YAML" in out.stderr
     assert str(path) in out.stderr and not (tmp_path / "chaos-runs").exists()
 
 
 def test_unknown_fault_is_a_one_line_error(tmp_path):
-    text = (ROOT / "experiments/worker-kill.yaml").read_text().replace(
-        "func: pod_kill", "func: pod_explode")
-    out = subprocess.run([str(BIN / "inference-chaos"), "run", str(write(tmp_path, text))],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    text = (
+        (ROOT / "experiments/worker-kill.yaml")
+        .read_text()
+        .replace("func: pod_kill", "func: pod_explode")
+    )
+    out = subprocess.run(
+        [str(BIN / "inference-chaos"), "run", str(write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "pod_explode" in out.stderr
 
 
 def test_selector_without_match_stops_before_anything_is_injected(cluster, tmp_path):
     home, state = cluster
-    text = (ROOT / "experiments/worker-kill.yaml").read_text().replace(
-        "selector: {labelSelectors: {role: worker}}", "selector: {labelSelectors: {role: tpu}}")
+    text = (
+        (ROOT / "experiments/worker-kill.yaml")
+        .read_text()
+        .replace(
+            "selector: {labelSelectors: {role: worker}}", "selector: {labelSelectors: {role: tpu}}"
+        )
+    )
     run = Run(tmp_path, home, str(write(tmp_path, text)))
     assert run.wait(60) == 1
     assert "selector matches nothing: role=tpu" in one_line_error(run.stderr())
@@ -222,13 +273,19 @@ def test_selector_without_match_stops_before_anything_is_injected(cluster, tmp_p
 
 def test_unreachable_prometheus_fails_the_run_before_the_method(cluster, tmp_path):
     home, state = cluster
-    run = Run(tmp_path, home, str(ROOT / "experiments/network-delay.yaml"),
-              {"prometheus_url": "http://127.0.0.1:9"})
+    run = Run(
+        tmp_path,
+        home,
+        str(ROOT / "experiments/network-delay.yaml"),
+        {"prometheus_url": "http://127.0.0.1:9"},
+    )
     assert run.wait(60) == 1
     journal = run.journal()
     verdict = journal["inference_chaos"]
     assert verdict["verdict"] == "failed"
     assert any("127.0.0.1:9" in r for r in verdict["reasons"]), verdict["reasons"]
     assert verdict["faults"] == [] and journal["run"] == []
-    assert "127.0.0.1:9" in one_line_error(run.stderr().split("verdict")[0] + "\n"
-                                           + run.stderr()) or "127.0.0.1:9" in run.stderr()
+    assert (
+        "127.0.0.1:9" in one_line_error(run.stderr().split("verdict")[0] + "\n" + run.stderr())
+        or "127.0.0.1:9" in run.stderr()
+    )

@@ -69,8 +69,9 @@ def test_pod_kill_really_kills_and_recovery_restarts(cluster, run):
 
 
 def test_pod_pause_stops_the_process_until_recovered(cluster, run):
-    out = faults.pod_pause(selector={"labelSelectors": {"node": "node-0", "role": "worker"}},
-                           mode="all")
+    out = faults.pod_pause(
+        selector={"labelSelectors": {"node": "node-0", "role": "worker"}}, mode="all"
+    )
     pids = out["details"]["pids"]
     assert len(pids) == 2
     assert all(proc_state(pid) == "T" for pid in pids.values())
@@ -85,8 +86,13 @@ def test_pod_pause_stops_the_process_until_recovered(cluster, run):
 def test_network_delay_is_measured_through_the_link(cluster, run):
     port = link_port(cluster, "worker-n0-g1")
     before = health_rtt(port)
-    out = faults.network_delay(selector={"pods": ["worker-n0-g1"]}, latency="300ms",
-                               jitter="20ms", correlation=100, direction="to")
+    out = faults.network_delay(
+        selector={"pods": ["worker-n0-g1"]},
+        latency="300ms",
+        jitter="20ms",
+        correlation=100,
+        direction="to",
+    )
     during = min(health_rtt(port) for _ in range(3))
     assert during >= 0.25, during
     assert proxy_faults(cluster)[0]["id"] == out["id"]

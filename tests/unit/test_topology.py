@@ -11,8 +11,13 @@ def test_every_worker_has_pod_like_labels_and_a_proxied_link():
     spec, t = topo()
     workers = [p for p in t.processes if p.kind == "worker"]
     assert [w.name for w in workers] == spec.worker_names()
-    assert workers[3].labels == {"app": "inference-worker", "role": "worker", "node": "node-1",
-                                 "gpu": "1", "model": "deepseek-sim"}
+    assert workers[3].labels == {
+        "app": "inference-worker",
+        "role": "worker",
+        "node": "node-1",
+        "gpu": "1",
+        "model": "deepseek-sim",
+    }
     assert {link.target for link in t.links} == {w.name for w in workers}
 
 
