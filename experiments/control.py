@@ -192,6 +192,8 @@ def after_experiment_control(
             f"inference-chaos: verdict {verdict['verdict'].upper()}"
             + (f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else "")
         )
+        for note in verdict["notes"]:
+            _say(f"inference-chaos: note: {note}")
         _say(f"inference-chaos: report {run.report_path}")
     finally:
         _restore_signal_handlers()

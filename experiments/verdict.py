@@ -102,12 +102,17 @@ def reach_verdict(
             )
 
     slos = []
+    notes: list[str] = []
     for phase, r in _probe_runs(journal):
         output = r.get("output")
         if is_slo_result(output):
             slos.append({**output, "probe": r["activity"].get("name"), "phase": phase})
             if not output["ok"] and phase != "before":
                 worse("deviated", f"SLO missed: {describe_slo(output)}")
+            elif output.get("verdict") == "inconclusive" and phase != "before":
+                notes.append(
+                    f"inconclusive, too few requests to claim the target: {describe_slo(output)}"
+                )
 
     after = (journal.get("steady_states") or {}).get("after")
     if after is not None and not after.get("steady_state_met"):
@@ -128,4 +133,4 @@ def reach_verdict(
         if f.get("error"):
             worse("failed", f"fault {f['kind']} on {', '.join(f['victims'])}: {f['error']}")
 
-    return {"verdict": verdict, "reasons": reasons, "slos": slos}
+    return {"verdict": verdict, "reasons": reasons, "notes": notes, "slos": slos}

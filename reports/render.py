@@ -401,7 +401,15 @@ def _verdict(
         )
         missing.append("The verdict control did not record a verdict in the journal.")
     css, meaning = VERDICTS[word]
-    return {"word": word, "css": css, "meaning": meaning, "reasons": reasons, "derived": derived}
+    notes = [str(n) for n in chaos.get("notes") or []]
+    return {
+        "word": word,
+        "css": css,
+        "meaning": meaning,
+        "reasons": reasons,
+        "notes": notes,
+        "derived": derived,
+    }
 
 
 def _run_facts(

@@ -114,3 +114,9 @@ def test_abort_before_the_method_is_failed_with_its_reason():
         aborted_reason="selector matches nothing: role=tpu",
     )
     assert v["verdict"] == "failed" and "role=tpu" in v["reasons"][0]
+
+
+def test_inconclusive_slo_passes_with_a_note():
+    v = reach_verdict(journal(), [FAULT])
+    assert v["verdict"] == "passed"
+    assert len(v["notes"]) == 1 and "too few requests" in v["notes"][0]
