@@ -13,7 +13,8 @@ Definitions follow vLLM's `benchmark_serving`:
 - TPOT = (E2E - TTFT) / (output tokens - 1); undefined for a single token.
 - E2E = end of stream minus send time.
 
-This module is deliberately light (standard library only): probes and reports import it.
+This module is deliberately light (the standard library, and the exact quantiles of
+`probes.stats`, which are pure too): probes and reports may import it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from probes.stats import quantile, quantiles
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 
@@ -163,17 +166,13 @@ def read_records(path: str | os.PathLike[str]) -> list[LoadRecord]:
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
-    """Exact q-th percentile (0-100) with linear interpolation, as numpy's default method."""
-    ordered = sorted(values)
+    """Exact q-th percentile (0-100), or None for no values; the SLO probes' interpolation."""
+    ordered = list(values)
     if not ordered:
         return None
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be within 0..100, got {q}")
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    fraction = rank - low
-    return ordered[low] + (ordered[high] - ordered[low]) * fraction
+    return quantile(ordered, q / 100.0)
 
 
 def distribution(values: Iterable[float]) -> dict[str, Any]:
@@ -187,8 +186,8 @@ def distribution(values: Iterable[float]) -> dict[str, Any]:
     out["mean"] = math.fsum(ordered) / len(ordered)
     out["min"] = ordered[0]
     out["max"] = ordered[-1]
-    for q in PERCENTILES:
-        out[f"p{q}"] = percentile(ordered, q)
+    values_at = quantiles(ordered, [q / 100.0 for q in PERCENTILES])
+    out.update({f"p{q}": value for q, value in zip(PERCENTILES, values_at, strict=True)})
     return out
 
 

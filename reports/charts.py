@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from reports.formatting import is_number
+
 BIN_SECONDS = 1.0
 MAX_WORKER_LAYERS = 10
 
@@ -89,7 +91,7 @@ class RecordColumns:
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> RecordColumns:
         """Build columns, skipping records that have no send time (they cannot be placed)."""
-        usable = [r for r in records if _is_number(r.get("sent_at"))]
+        usable = [r for r in records if is_number(r.get("sent_at"))]
         sent = np.array([float(r["sent_at"]) for r in usable], dtype=float)
         first = np.array([_float_or_nan(r.get("first_token_at")) for r in usable], dtype=float)
         done = np.array([_float_or_nan(r.get("done_at")) for r in usable], dtype=float)
@@ -355,9 +357,5 @@ def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _float_or_nan(value: Any) -> float:
-    return float(value) if _is_number(value) else float("nan")
+    return float(value) if is_number(value) else float("nan")

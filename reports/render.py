@@ -5,38 +5,54 @@ which SLOs held, how long recovery took, and what the experiment itself did. It 
 plain data (the journal, the JSON-lines load records, optional Prometheus series) and never
 knows how any of it was measured. Every piece may be missing: the page then says so instead
 of failing, because a report is most needed exactly when a run went wrong.
+
+This module builds the page: what users felt comes from `reports.records`, charts from
+`reports.charts`, the text of each value from `reports.formatting`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from probes.windows import Window
 from reports.charts import (
     FaultSpan,
     RecordColumns,
-    Timeline,
     bin_timeline,
     series_chart,
     served_by_chart,
     timeline_chart,
 )
-
-# The phase windows, as probes define them: a request belongs to the window holding its send.
-RECOVERY_WINDOW_S = 10.0
-# Recovered once no second has errors and TTFT p95 is within this factor of the before-window's.
-RECOVERY_TTFT_FACTOR = 1.5
-RAW_OUTPUT_LIMIT = 20_000
-SUMMARY_LIMIT = 160
+from reports.formatting import (
+    fmt_duration,
+    fmt_exception,
+    fmt_int,
+    fmt_json,
+    fmt_latency,
+    fmt_mapping,
+    fmt_number,
+    fmt_rel,
+    fmt_share,
+    fmt_summary,
+    fmt_wall,
+    is_number,
+)
+from reports.records import (
+    Recovery,
+    fault_label,
+    injected_faults,
+    load_columns,
+    recoveries,
+    report_windows,
+    window_figures,
+)
 
 VERDICTS = {
     "passed": ("passed", "The system held: every check stayed within its bounds."),
@@ -45,26 +61,6 @@ VERDICTS = {
     "interrupted": ("interrupted", "The run was interrupted before it finished."),
     "unknown": ("unknown", "No verdict could be determined."),
 }
-
-
-@dataclass(frozen=True)
-class PhaseWindow:
-    """A named half-open span [start, end) of Unix time."""
-
-    name: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """How long one fault took to stop hurting users, measured on the per-second timeline."""
-
-    fault_label: str
-    recovered: bool
-    after_injection_s: float | None  # None when not recovered or not measurable
-    after_removal_s: float | None
-    note: str
 
 
 def render_report(
@@ -93,137 +89,15 @@ def render_html(
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def read_records(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Load JSON-lines records; return them and the count of lines that could not be read.
-
-    A run killed mid-write leaves a truncated last line; losing that one request must not
-    lose the report.
-    """
-    records: list[dict[str, Any]] = []
-    skipped = 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                skipped += 1
-    return records, skipped
-
-
-def phase_windows(
-    faults: Sequence[Mapping[str, Any]], load_start: float, load_end: float
-) -> list[PhaseWindow]:
-    """before / during / recovery / after / all, the same split the SLO probes use."""
-    span_end = math.nextafter(load_end, math.inf)
-    injected = [f for f in faults if _is_number(f.get("injected_at"))]
-    if injected:
-        first = min(float(f["injected_at"]) for f in injected)
-        removals = [f.get("removed_at") for f in injected]
-        last = math.inf if any(not _is_number(r) for r in removals) else max(removals)
-
-        def clip(t: float) -> float:
-            return min(max(t, load_start), span_end)
-
-        b1 = clip(first)
-        b2 = max(b1, clip(last))
-        b3 = max(b2, clip(last + RECOVERY_WINDOW_S))
-    else:
-        b1 = b2 = b3 = span_end
-    bounds = (load_start, b1, b2, b3, span_end)
-    names = ("before", "during", "recovery", "after")
-    windows = [PhaseWindow(name, bounds[i], bounds[i + 1]) for i, name in enumerate(names)]
-    return [*windows, PhaseWindow("all", load_start, span_end)]
-
-
-def window_figures(columns: RecordColumns, window: PhaseWindow) -> dict[str, Any]:
-    """What users felt in one window, from the records sent within it."""
-    mask = (columns.sent >= window.start) & (columns.sent < window.end)
-    total = int(mask.sum())
-    ok = mask & columns.ok
-    good = int(ok.sum())
-    ttft = columns.ttft[mask]
-    ttft = ttft[~np.isnan(ttft)]
-    e2e = columns.e2e[ok]
-    tokens = columns.output_tokens[ok]
-    decode = columns.done[ok] - columns.first_token[ok]
-    stream_ok = (tokens > 1) & (decode > 0)
-    per_stream = (tokens[stream_ok] - 1) / decode[stream_ok]
-    duration = window.end - window.start
-    total_tokens = float(np.nansum(tokens))
-    return {
-        "total": total,
-        "good": good,
-        "errors": total - good,
-        "success": good / total if total else None,
-        "ttft": _percentiles(ttft),
-        "e2e": _percentiles(e2e),
-        "stream_tokens_per_s": float(np.median(per_stream)) if per_stream.size else None,
-        "tokens_per_s": total_tokens / duration if total and duration > 0 else None,
-    }
-
-
-def time_to_recover(
-    timeline: Timeline,
-    fault: Mapping[str, Any],
-    baseline_ttft_p95: float | None,
-    until: float | None = None,
-) -> Recovery:
-    """First second after injection from which errors are 0 and TTFT p95 is near baseline.
-
-    "From which" means for good: every later second up to `until` (seconds since the
-    timeline's origin: the next fault's injection, else the end of the load) stays clean.
-    A second in which no request was sent proves nothing either way, so recovery is dated
-    by the first clean second with traffic after the last bad one; a load that stalled
-    until it ended has not recovered.
-    """
-    label = fault_label(fault)
-    injected = fault.get("injected_at")
-    if not _is_number(injected) or not len(timeline):
-        return Recovery(label, False, None, None, "not measurable: no injection time or no load")
-    inj_rel = float(injected) - timeline.origin
-    first_bin = max(0, math.floor(inj_rel))
-    last_bin = len(timeline) if until is None else min(len(timeline), math.floor(until))
-    if first_bin >= last_bin:
-        return Recovery(label, False, None, None, "not measurable: no load after the injection")
-    bad = timeline.errors[first_bin:last_bin] > 0
-    if baseline_ttft_p95 is not None:
-        p95 = timeline.ttft_p95[first_bin:last_bin]
-        bad |= np.nan_to_num(p95, nan=0.0) > RECOVERY_TTFT_FACTOR * baseline_ttft_p95
-    bad_bins = np.flatnonzero(bad)
-    clean_from = int(bad_bins[-1]) + 1 if bad_bins.size else 0
-    with_traffic = np.flatnonzero(timeline.sent[first_bin:last_bin][clean_from:] > 0)
-    if not with_traffic.size:
-        ending = "before the next fault" if until is not None else "before the load ended"
-        return Recovery(label, False, None, None, f"not recovered {ending}")
-    recovered_bin = first_bin + clean_from + int(with_traffic[0])
-    after_injection = max(0.0, recovered_bin - inj_rel)
-    removed = fault.get("removed_at")
-    after_removal = (
-        recovered_bin - (float(removed) - timeline.origin) if _is_number(removed) else None
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    if not bad_bins.size:
-        note = "no visible impact"
-    elif after_removal is not None and after_removal < 0:
-        note = "recovered while the fault was still active"
-    else:
-        note = "recovered"
-    if baseline_ttft_p95 is None:
-        note += " (judged on errors only: no before-window TTFT baseline)"
-    return Recovery(label, True, after_injection, after_removal, note)
-
-
-def fault_label(fault: Mapping[str, Any]) -> str:
-    """A short name for a fault: its kind and its victims."""
-    victims = [str(v) for v in fault.get("victims") or []]
-    shown = ", ".join(victims[:3]) + (f" +{len(victims) - 3}" if len(victims) > 3 else "")
-    return f"{fault.get('kind') or 'fault'} {shown}".strip()
+    return env
 
 
 # --- Building the template's context -------------------------------------------------------
@@ -238,7 +112,7 @@ def build_context(
     missing: list[str] = []
     chaos = _mapping(journal.get("inference_chaos"))
     faults = [f for f in chaos.get("faults") or [] if isinstance(f, Mapping)]
-    columns, records_note = _load_columns(records_path)
+    columns, records_note = load_columns(records_path)
     if records_note:
         missing.append(records_note)
     experiment = _mapping(journal.get("experiment"))
@@ -287,27 +161,9 @@ def build_context(
         "timeline_bars": _timeline_bars(method + rollbacks + hypothesis["all_rows"]),
         "prometheus_svg": prometheus_svg,
         "raw_outputs": _raw_outputs(journal, slos, faults),
-        "configuration": _pretty(experiment.get("configuration")),
-        "generated_at": _wall(time.time()),
+        "configuration": fmt_json(experiment.get("configuration")),
+        "generated_at": fmt_wall(time.time()),
     }
-
-
-def _load_columns(records_path: str | Path | None) -> tuple[RecordColumns | None, str]:
-    if records_path is None:
-        return None, "No load records file was given: there are no user-side figures or charts."
-    path = Path(records_path)
-    if not path.is_file():
-        return None, f"The load records file {path} does not exist: no user-side figures."
-    records, skipped = read_records(path)
-    columns = RecordColumns.from_records(records)
-    unusable = skipped + len(records) - len(columns)
-    note = ""
-    if not len(columns):
-        note = f"The load records file {path} holds no usable request: no user-side figures."
-        return None, note
-    if unusable:
-        note = f"{unusable} line(s) of {path} could not be read (e.g. a truncated last line)."
-    return columns, note
 
 
 def _origin(
@@ -318,7 +174,7 @@ def _origin(
         return float(columns.sent.min()), "load start (first request sent)"
     if journal_start is not None:
         return journal_start, "experiment start"
-    injected = [float(f["injected_at"]) for f in faults if _is_number(f.get("injected_at"))]
+    injected = [float(f["injected_at"]) for f in injected_faults(faults)]
     if injected:
         return min(injected), "first fault injection"
     return 0.0, "the Unix epoch (no start time known)"
@@ -329,7 +185,7 @@ def _load_section(
 ) -> dict[str, Any]:
     timeline = bin_timeline(columns, origin)
     load_end = float(columns.sent.max())
-    windows = phase_windows(faults, origin, load_end)
+    windows = report_windows(faults, origin, load_end)
     figures = {w.name: window_figures(columns, w) for w in windows}
     rows = [
         _window_row(w, figures[w.name], origin)
@@ -337,41 +193,25 @@ def _load_section(
         if w.name == "all" or w.end > w.start
     ]
     baseline = figures["before"]["ttft"]["p95"]
-    recoveries = _recoveries(timeline, faults, baseline)
+    recovery_list = recoveries(timeline, faults, baseline)
     spans = _spans(faults, origin)
     victims = sorted({str(v) for f in faults for v in f.get("victims") or []})
     return {
         "windows": rows,
-        "recoveries": [_recovery_row(r) for r in recoveries],
-        "baseline_ttft_p95": _fmt_latency(baseline),
+        "recoveries": [_recovery_row(r) for r in recovery_list],
+        "baseline_ttft_p95": fmt_latency(baseline),
         "timeline_svg": timeline_chart(timeline, spans),
         "served_by_svg": served_by_chart(timeline, spans, victims),
         "totals": figures["all"],
-        "recovery_list": recoveries,
+        "recovery_list": recovery_list,
     }
-
-
-def _recoveries(
-    timeline: Timeline, faults: Sequence[Mapping[str, Any]], baseline: float | None
-) -> list[Recovery]:
-    injected = sorted(
-        (f for f in faults if _is_number(f.get("injected_at"))), key=lambda f: f["injected_at"]
-    )
-    out = []
-    for index, fault in enumerate(injected):
-        later = injected[index + 1 :]
-        until = float(later[0]["injected_at"]) - timeline.origin if later else None
-        out.append(time_to_recover(timeline, fault, baseline, until))
-    return out
 
 
 def _spans(faults: Sequence[Mapping[str, Any]], origin: float) -> list[FaultSpan]:
     spans = []
-    for fault in faults:
-        if not _is_number(fault.get("injected_at")):
-            continue
+    for fault in injected_faults(faults):
         removed = fault.get("removed_at")
-        end = float(removed) - origin if _is_number(removed) else None
+        end = float(removed) - origin if is_number(removed) else None
         spans.append(FaultSpan(fault_label(fault), float(fault["injected_at"]) - origin, end))
     return spans
 
@@ -421,10 +261,10 @@ def _run_facts(
         ("run id", str(chaos.get("run_id") or "—")),
         ("Chaos Toolkit status", str(journal.get("status") or "—")),
         ("deviated", "yes" if journal.get("deviated") else "no"),
-        ("started", _wall(start) if start is not None else "—"),
-        ("ended", _wall(end) if end is not None else "—"),
-        ("duration", _fmt_duration(duration) if _is_number(duration) else "—"),
-        ("t = 0 is", f"{origin_label}, {_wall(origin)}"),
+        ("started", fmt_wall(start) if start is not None else "—"),
+        ("ended", fmt_wall(end) if end is not None else "—"),
+        ("duration", fmt_duration(duration) if is_number(duration) else "—"),
+        ("t = 0 is", f"{origin_label}, {fmt_wall(origin)}"),
     ]
     if journal.get("node") or journal.get("platform"):
         facts.append(("ran on", f"{journal.get('node') or '?'} ({journal.get('platform') or '?'})"))
@@ -440,8 +280,8 @@ def _glance(
     if load is not None:
         totals = load["totals"]
         cards.append(("requests", f"{totals['total']:,}"))
-        cards.append(("succeeded", _fmt_share(totals["success"])))
-        cards.append(("TTFT p95", _fmt_latency(totals["ttft"]["p95"])))
+        cards.append(("succeeded", fmt_share(totals["success"])))
+        cards.append(("TTFT p95", fmt_latency(totals["ttft"]["p95"])))
         for recovery in load["recovery_list"][:2]:
             cards.append((f"recovery: {recovery.fault_label}", _recovery_value(recovery)))
     if slos:
@@ -452,9 +292,9 @@ def _glance(
 
 def _fault_row(fault: Mapping[str, Any], origin: float) -> dict[str, Any]:
     injected, removed = fault.get("injected_at"), fault.get("removed_at")
-    if _is_number(injected) and _is_number(removed):
-        duration = _fmt_duration(float(removed) - float(injected))
-    elif _is_number(injected):
+    if is_number(injected) and is_number(removed):
+        duration = fmt_duration(float(removed) - float(injected))
+    elif is_number(injected):
         duration = "still active at the end of the record"
     else:
         duration = "never injected"
@@ -463,30 +303,30 @@ def _fault_row(fault: Mapping[str, Any], origin: float) -> dict[str, Any]:
         "kind": str(fault.get("kind") or "?"),
         "target": str(fault.get("target") or ""),
         "victims": [str(v) for v in fault.get("victims") or []],
-        "selector": _kv(fault.get("selector")),
-        "params": _kv(fault.get("params")),
+        "selector": fmt_mapping(fault.get("selector")),
+        "params": fmt_mapping(fault.get("params")),
         "backend": str(fault.get("backend") or ""),
-        "injected_rel": _fmt_rel(injected, origin),
-        "injected_wall": _wall(injected) if _is_number(injected) else "—",
-        "removed_rel": _fmt_rel(removed, origin) if _is_number(removed) else "not removed",
-        "removed_wall": _wall(removed) if _is_number(removed) else "—",
+        "injected_rel": fmt_rel(injected, origin),
+        "injected_wall": fmt_wall(injected) if is_number(injected) else "—",
+        "removed_rel": fmt_rel(removed, origin) if is_number(removed) else "not removed",
+        "removed_wall": fmt_wall(removed) if is_number(removed) else "—",
         "duration": duration,
         "error": str(fault.get("error") or ""),
     }
 
 
-def _window_row(window: PhaseWindow, fig: Mapping[str, Any], origin: float) -> dict[str, Any]:
+def _window_row(window: Window, fig: Mapping[str, Any], origin: float) -> dict[str, Any]:
     end = window.end if math.isfinite(window.end) else window.start
     return {
         "name": window.name,
         "span": f"{window.start - origin:+.1f} s → {end - origin:+.1f} s",
         "total": f"{fig['total']:,}",
         "errors": f"{fig['errors']:,}",
-        "success": _fmt_share(fig["success"]),
-        "ttft": {k: _fmt_latency(v) for k, v in fig["ttft"].items()},
-        "e2e": {k: _fmt_latency(v) for k, v in fig["e2e"].items()},
-        "stream_tps": _fmt_number(fig["stream_tokens_per_s"]),
-        "tps": _fmt_number(fig["tokens_per_s"]),
+        "success": fmt_share(fig["success"]),
+        "ttft": {k: fmt_latency(v) for k, v in fig["ttft"].items()},
+        "e2e": {k: fmt_latency(v) for k, v in fig["e2e"].items()},
+        "stream_tps": fmt_number(fig["stream_tokens_per_s"]),
+        "tps": fmt_number(fig["tokens_per_s"]),
         "bad": fig["total"] > 0 and fig["errors"] > 0,
     }
 
@@ -529,17 +369,17 @@ def _slo_row(slo: Mapping[str, Any], origin: float) -> dict[str, Any]:
     if "metric" in slo:
         quantile = slo.get("quantile")
         q = (
-            f"p{_fmt_number(quantile * 100 if quantile <= 1 else quantile)}"
-            if _is_number(quantile)
+            f"p{fmt_number(quantile * 100 if quantile <= 1 else quantile)}"
+            if is_number(quantile)
             else ""
         )
         spread = ", ".join(
-            f"{k} {_fmt_latency(slo.get(k))}" for k in ("p50", "p95", "p99") if k in slo
+            f"{k} {fmt_latency(slo.get(k))}" for k in ("p50", "p95", "p99") if k in slo
         )
         return {
             "name": str(slo.get("name") or f"{str(slo['metric']).upper()} {q}".strip()),
-            "target": f"≤ {_fmt_latency(slo.get('bound_s'))}",
-            "measured": _fmt_latency(slo.get("value")),
+            "target": f"≤ {fmt_latency(slo.get('bound_s'))}",
+            "measured": fmt_latency(slo.get("value")),
             "detail": f"{slo.get('count', '?')} samples" + (f"; {spread}" if spread else ""),
             "interval": "—",
             "verdict": verdict,
@@ -550,7 +390,7 @@ def _slo_row(slo: Mapping[str, Any], origin: float) -> dict[str, Any]:
     interval = slo.get("interval")
     interval_text = "—"
     if isinstance(interval, Sequence) and len(interval) == 2:
-        interval_text = f"{_fmt_share(interval[0])} – {_fmt_share(interval[1])}"
+        interval_text = f"{fmt_share(interval[0])} – {fmt_share(interval[1])}"
     note = ""
     if verdict == "inconclusive":
         needed = slo.get("requests_needed")
@@ -560,13 +400,13 @@ def _slo_row(slo: Mapping[str, Any], origin: float) -> dict[str, Any]:
             else "too few requests to decide"
         )
     burn = slo.get("burn_rate")
-    detail = f"{_fmt_int(slo.get('good'))} good of {_fmt_int(slo.get('total'))}"
-    if _is_number(burn):
+    detail = f"{fmt_int(slo.get('good'))} good of {fmt_int(slo.get('total'))}"
+    if is_number(burn):
         detail += f"; burn rate {burn:.2f}"
     return {
         "name": str(slo.get("name") or "availability"),
-        "target": _fmt_share(slo.get("target")),
-        "measured": _fmt_share(slo.get("sli")),
+        "target": fmt_share(slo.get("target")),
+        "measured": fmt_share(slo.get("sli")),
         "detail": detail,
         "interval": interval_text,
         "verdict": verdict,
@@ -582,8 +422,8 @@ def _fmt_window(slo: Mapping[str, Any], origin: float) -> str:
     if isinstance(window, Sequence) and not isinstance(window, str) and len(window) == 2:
         start, end, window = window[0], window[1], ""
     text = str(window or "")
-    if _is_number(start) and _is_number(end):
-        text += f" ({_fmt_rel(start, origin)} → {_fmt_rel(end, origin)})"
+    if is_number(start) and is_number(end):
+        text += f" ({fmt_rel(start, origin)} → {fmt_rel(end, origin)})"
     return text.strip() or "—"
 
 
@@ -628,13 +468,13 @@ def _activity_rows(runs: Any, origin: float, phase: str = "") -> list[dict[str, 
                 "background": bool(activity.get("background")),
                 "status": str(run.get("status") or "unknown"),
                 "tolerance_met": tolerance_met,
-                "tolerance": _summarise(activity.get("tolerance")),
-                "start_rel": _fmt_rel(start, origin) if start is not None else "—",
+                "tolerance": fmt_summary(activity.get("tolerance")),
+                "start_rel": fmt_rel(start, origin) if start is not None else "—",
                 "start": start,
-                "duration_s": float(duration) if _is_number(duration) else None,
-                "duration": _fmt_duration(duration) if _is_number(duration) else "—",
-                "error": _exception_line(run.get("exception")),
-                "output": _summarise(run.get("output")),
+                "duration_s": float(duration) if is_number(duration) else None,
+                "duration": fmt_duration(duration) if is_number(duration) else "—",
+                "error": fmt_exception(run.get("exception")),
+                "output": fmt_summary(run.get("output")),
             }
         )
     return rows
@@ -681,80 +521,20 @@ def _raw_outputs(
             body = {"output": run.get("output")}
             if run.get("exception"):
                 body["exception"] = "".join(str(x) for x in run["exception"])
-            items.append({"label": f"{group}: {name}", "body": _pretty(body)})
+            items.append({"label": f"{group}: {name}", "body": fmt_json(body)})
     if slos:
-        items.append({"label": "SLO results (as recorded)", "body": _pretty(list(slos))})
+        items.append({"label": "SLO results (as recorded)", "body": fmt_json(list(slos))})
     if faults:
-        items.append({"label": "fault records (as recorded)", "body": _pretty(list(faults))})
+        items.append({"label": "fault records (as recorded)", "body": fmt_json(list(faults))})
     return items
 
 
-# --- Formatting -------------------------------------------------------------------------
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("reports", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    if not values.size:
-        return {"p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
-
-
-def _pretty(value: Any) -> str:
-    text = json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
-    if len(text) > RAW_OUTPUT_LIMIT:
-        text = text[:RAW_OUTPUT_LIMIT] + f"\n… ({len(text) - RAW_OUTPUT_LIMIT:,} more characters)"
-    return text
-
-
-def _summarise(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, Mapping):
-        text = ", ".join(f"{k}={_compact(v)}" for k, v in value.items())
-    else:
-        text = _compact(value)
-    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
-
-
-def _kv(value: Any) -> str:
-    if not value:
-        return "—"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_compact(v)}" for k, v in value.items())
-    return _compact(value)
-
-
-def _exception_line(exception: Any) -> str:
-    """The last line of a formatted traceback is the one a reader needs."""
-    if not exception:
-        return ""
-    text = "".join(str(x) for x in exception) if isinstance(exception, list) else str(exception)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+# --- Reading the journal ----------------------------------------------------------------
 
 
 def _epoch(value: Any) -> float | None:
     """Journal times are ISO strings; fault and load times are Unix floats. Accept both."""
-    if _is_number(value):
+    if is_number(value):
         return float(value)
     if isinstance(value, str) and value:
         try:
@@ -767,52 +547,5 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
-def _wall(t: Any) -> str:
-    if not _is_number(t):
-        return "—"
-    return datetime.fromtimestamp(float(t), tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def _fmt_rel(t: Any, origin: float) -> str:
-    return f"{float(t) - origin:+.1f} s" if _is_number(t) else "—"
-
-
-def _fmt_duration(seconds: Any) -> str:
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)} min {rest:.0f} s"
-
-
-def _fmt_latency(seconds: Any) -> str:
-    if not _is_number(seconds) or math.isnan(seconds):
-        return "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
-
-
-def _fmt_share(share: Any) -> str:
-    if not _is_number(share) or math.isnan(share):
-        return "—"
-    text = f"{share * 100:.3f}".rstrip("0").rstrip(".")
-    return f"{text}%"
-
-
-def _fmt_number(value: Any) -> str:
-    if not _is_number(value) or math.isnan(value):
-        return "—"
-    return f"{value:,.1f}".removesuffix(".0")
-
-
-def _fmt_int(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
-
-
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -13,18 +13,17 @@ pure so the latency maths can be tested without a server. The shape follows vLLM
 """
 
 import dataclasses
-import math
 import random
-import types
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import Any, Generic, TypeVar
+
+from resilience.jsonconfig import dataclass_from_json
 
 __all__ = [
     "BatchingConfig",
     "KvScheduler",
     "LatencyModel",
-    "coerce_field",
     "decode_step_seconds",
     "prefill_seconds",
     "step_seconds",
@@ -82,48 +81,11 @@ class BatchingConfig:
         """
         if data is None:
             return cls()
-        if not isinstance(data, Mapping):
-            raise ValueError(f"BatchingConfig expects a JSON object, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(
-                f"unknown BatchingConfig key(s): {', '.join(unknown)}; "
-                f"known keys: {', '.join(sorted(known))}"
-            )
-        values = {name: coerce_field(name, known[name].type, value) for name, value in data.items()}
-        return cls(**values)
+        return dataclass_from_json(cls, data, "BatchingConfig")
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict, the inverse of `from_json`."""
         return dataclasses.asdict(self)
-
-
-def coerce_field(name: str, annotation: Any, value: Any) -> Any:
-    """Check one JSON value against a dataclass field type (int, float, bool, str, optional).
-
-    JSON has one number type and Python's bool is an int; this keeps ``true`` out of int fields
-    and lets ``1`` stand for ``1.0``. The worker's fault state validates with it too.
-    """
-    allowed = (
-        get_args(annotation)
-        if get_origin(annotation) in (Union, types.UnionType)
-        else (annotation,)
-    )
-    if value is None and type(None) in allowed:
-        return None
-    if bool in allowed and isinstance(value, bool):
-        return value
-    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if float in allowed and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        return float(value)
-    if str in allowed and isinstance(value, str):
-        return value
-    expected = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def prefill_seconds(config: BatchingConfig, prompt_tokens: int) -> float:

@@ -25,7 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from resilience.batching import BatchingConfig, KvScheduler, LatencyModel, coerce_field
+from resilience.batching import BatchingConfig, KvScheduler, LatencyModel
+from resilience.jsonconfig import dataclass_from_json
 from resilience.worker_metrics import METRICS_CONTENT_TYPE, WorkerMetrics
 
 __all__ = [
@@ -91,14 +92,7 @@ class GpuState:
 
     def updated(self, changes: Any) -> "GpuState":
         """A validated copy with ``changes`` (a JSON object) applied; all or nothing."""
-        if not isinstance(changes, dict):
-            raise ValueError("fault update must be a JSON object")
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown GPU state key(s): {', '.join(unknown)}")
-        values = {k: coerce_field(k, fields[k].type, v) for k, v in changes.items()}
-        return dataclasses.replace(self, **values)
+        return dataclass_from_json(GpuState, changes, "GPU fault update", base=self)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

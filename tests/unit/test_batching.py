@@ -6,11 +6,11 @@ from resilience.batching import (
     BatchingConfig,
     KvScheduler,
     LatencyModel,
-    coerce_field,
     decode_step_seconds,
     prefill_seconds,
     step_seconds,
 )
+from resilience.jsonconfig import coerce_field
 
 NO_JITTER = BatchingConfig(jitter_fraction=0.0)
 

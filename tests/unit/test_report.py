@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from reports.charts import FaultSpan, RecordColumns, bin_timeline, timeline_chart
-from reports.render import read_records, render_report, time_to_recover
+from reports.records import read_records, time_to_recover
+from reports.render import render_report
 
 T0 = 1_717_000_000.0  # load start: first request sent
 FAULT_START, FAULT_END = 20.0, 35.0  # seconds since load start
