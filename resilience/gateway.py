@@ -36,7 +36,9 @@ from prometheus_client import (
 )
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_none
 
+from resilience import routing_table
 from resilience.hashring import BoundedLoadRing
+from resilience.jsonconfig import dataclass_from_json
 from resilience.outliers import Ejection, OutlierConfig, OutlierDetector
 
 log = logging.getLogger("resilience.gateway")
@@ -63,6 +65,7 @@ class GatewayConfig:
     health_interval_s: float = 0.5
     health_timeout_s: float = 0.5
     health_path: str = "/health"
+    routing_interval_s: float = 1.0  # how often the routing table is read from the store
     consecutive_failures: int = _D.consecutive_failures
     base_ejection_s: float = _D.base_ejection_s
     max_ejection_s: float = _D.max_ejection_s
@@ -86,23 +89,8 @@ class GatewayConfig:
     @classmethod
     def from_json(cls, data: str | Mapping[str, Any]) -> GatewayConfig:
         """Build from a JSON object (text or parsed); unknown keys and wrong types are errors."""
-        obj = json.loads(data) if isinstance(data, str) else dict(data)
-        if not isinstance(obj, dict):
-            raise ValueError("gateway config must be a JSON object")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(obj) - set(known))
-        if unknown:
-            raise ValueError(f"unknown gateway config keys: {', '.join(unknown)}")
-        for key, value in obj.items():
-            expected = known[key].type
-            ok = {
-                "float": isinstance(value, int | float) and not isinstance(value, bool),
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "str": isinstance(value, str),
-            }.get(str(expected), True)
-            if not ok:
-                raise ValueError(f"gateway config {key!r} must be {expected}, got {value!r}")
-        return cls(**obj)
+        obj = json.loads(data) if isinstance(data, str) else data
+        return dataclass_from_json(cls, obj, "gateway config")
 
     def outlier_config(self) -> OutlierConfig:
         return OutlierConfig(
@@ -117,19 +105,23 @@ class Upstream:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def load_upstreams(path: str | Path) -> list[Upstream]:
-    """Read the upstreams file: a JSON list of {"name", "url", "labels"}."""
-    raw = json.loads(Path(path).read_text())
+def parse_upstreams(raw: Any, where: str) -> list[Upstream]:
+    """Upstreams from a JSON list of {"name", "url", "labels"} (a file or the store's table)."""
     if not isinstance(raw, list):
-        raise ValueError(f"{path}: expected a JSON list of upstreams")
+        raise ValueError(f"{where}: expected a JSON list of upstreams")
     upstreams = [
         Upstream(name=item["name"], url=item["url"].rstrip("/"), labels=item.get("labels", {}))
         for item in raw
     ]
     names = [u.name for u in upstreams]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate upstream names")
+        raise ValueError(f"{where}: duplicate upstream names")
     return upstreams
+
+
+def load_upstreams(path: str | Path) -> list[Upstream]:
+    """Read the upstreams file."""
+    return parse_upstreams(json.loads(Path(path).read_text()), str(path))
 
 
 class GatewayMetrics:
@@ -249,9 +241,12 @@ class Gateway:
         config: GatewayConfig,
         upstreams: list[Upstream],
         upstreams_path: str | Path | None = None,
+        store_endpoints: list[str] | None = None,
     ) -> None:
         self.config = config
         self.upstreams_path = upstreams_path
+        self.store_endpoints = store_endpoints or []
+        self._routing_task: asyncio.Task[None] | None = None
         self.metrics = GatewayMetrics()
         self.ring = BoundedLoadRing(vnodes=config.vnodes, load_factor=config.load_factor)
         self.detector = OutlierDetector(config.outlier_config())
@@ -330,16 +325,39 @@ class Gateway:
         )
         await self.check_health_once()  # so /health is truthful from the first request
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.store_endpoints:
+            self._routing_task = asyncio.create_task(self._routing_loop())
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload_upstreams)
         except (NotImplementedError, RuntimeError):
             pass
         yield
-        self._health_task.cancel()
-        await asyncio.gather(self._health_task, return_exceptions=True)
+        tasks = [t for t in (self._health_task, self._routing_task) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._session.close()
         await self._health_session.close()
+
+    # -- routing table in the metadata store ----------------------------------------------------
+
+    async def _routing_loop(self) -> None:
+        """Follow the routing table in the store; keep the last one while it is unreachable."""
+        interval = self.config.routing_interval_s
+        timeout = aiohttp.ClientTimeout(total=min(1.0, interval))
+        current = None
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                table = await routing_table.fetch(session, self.store_endpoints)
+                if table is not None and table != current:
+                    try:
+                        self.set_upstreams(parse_upstreams(table, "the store's routing table"))
+                        current = table
+                        log.info("routing table from the store: %s", ", ".join(self.upstreams))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("ignoring a malformed routing table: %s", exc)
+                await asyncio.sleep(interval)
 
     # -- health checks ------------------------------------------------------------------------
 
@@ -647,13 +665,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstreams", required=True, help="JSON list of {name, url, labels}")
     parser.add_argument("--config", default="{}", help="JSON object overriding GatewayConfig")
+    parser.add_argument(
+        "--store", default="", help="comma-separated client URLs of the metadata store"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     config = GatewayConfig.from_json(args.config)
-    gateway = Gateway(config, load_upstreams(args.upstreams), upstreams_path=args.upstreams)
+    gateway = Gateway(
+        config,
+        load_upstreams(args.upstreams),
+        upstreams_path=args.upstreams,
+        store_endpoints=[e for e in args.store.split(",") if e],
+    )
     web.run_app(
         gateway.build_app(),
         host=args.host,
