@@ -34,12 +34,18 @@ def _probe_runs(journal: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def is_slo_result(output: Any) -> bool:
+    """A probe output that judges: an SLO (`verdict` or `bound_s`) or a named `check` (failover
+    time, split brain, linearizability) with a `summary` line."""
     return (
-        isinstance(output, dict) and "ok" in output and ("verdict" in output or "bound_s" in output)
+        isinstance(output, dict)
+        and "ok" in output
+        and ("verdict" in output or "bound_s" in output or "check" in output)
     )
 
 
 def describe_slo(slo: dict[str, Any]) -> str:
+    if "check" in slo:
+        return f"{slo['check']}: {slo.get('summary', 'not met' if not slo['ok'] else 'met')}"
     if "bound_s" in slo:
         value = slo.get("value")
         shown = f"{value * 1000:.0f} ms" if isinstance(value, int | float) else "n/a"

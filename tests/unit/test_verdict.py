@@ -120,3 +120,12 @@ def test_inconclusive_slo_passes_with_a_note():
     v = reach_verdict(journal(), [FAULT])
     assert v["verdict"] == "passed"
     assert len(v["notes"]) == 1 and "too few requests" in v["notes"][0]
+
+
+def test_a_failed_named_check_in_the_method_deviates():
+    check = {"ok": False, "check": "linearizability", "summary": "illegal: key k0"}
+    runs = [probe("history-is-linearizable", check, module="probes.linearizability")]
+    runs[0]["activity"]["type"] = "probe"
+    v = reach_verdict(journal(runs=runs), [FAULT])
+    assert v["verdict"] == "deviated"
+    assert "linearizability: illegal: key k0" in v["reasons"][0]
