@@ -88,6 +88,7 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
         opts = launcher.UpOptions(
             nodes=int(configuration.get("nodes", 4)),
             gpus_per_node=int(configuration.get("gpus_per_node", 2)),
+            raft_replicas=int(configuration.get("raft_replicas", 3)),
         )
         _say(
             f"inference-chaos: starting the embedded cluster ({opts.nodes} nodes x "

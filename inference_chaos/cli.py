@@ -34,6 +34,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         restart_delay=args.restart_delay,
         worker_config=json.loads(args.worker_config),
         prometheus=not args.no_prometheus,
+        raft_replicas=args.raft_replicas,
     )
     try:
         st = launcher.up(opts)
@@ -189,6 +190,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
         help="seconds before a process that died on its own is restarted",
     )
     p.add_argument("--worker-config", default="{}", help="JSON overrides of the worker model")
+    p.add_argument("--raft-replicas", type=int, default=3,
+                   help="replicas of the metadata store (3 or 5; 0 for none)")
     p.add_argument("--no-prometheus", action="store_true")
     p.set_defaults(func=cmd_up)
 

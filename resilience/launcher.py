@@ -36,6 +36,8 @@ class UpOptions:
     gateway_config: dict[str, Any] = field(default_factory=dict)
     restart_delay: float = 1.0
     prometheus: bool = True
+    raft_replicas: int = 3
+    raft_config: dict[str, Any] = field(default_factory=dict)
     timeout: float = 30.0
 
 
@@ -79,6 +81,8 @@ def up(opts: UpOptions | None = None) -> dict[str, Any]:
         "--ready-timeout",
         str(opts.timeout),
     ]
+    argv += ["--raft-replicas", str(opts.raft_replicas),
+             "--raft-config", json.dumps(opts.raft_config)]
     if not opts.prometheus:
         argv.append("--no-prometheus")
     log_path = home / "supervisor.log"

@@ -33,6 +33,7 @@ from resilience.topology import (
     ProcessSpec,
     Topology,
     build_topology,
+    raft_endpoints,
     scrape_targets,
     upstreams_for_gateway,
 )
@@ -81,6 +82,7 @@ class Supervisor:
         self.ready = False
         self.started_at = time.time()
         self.stopping = asyncio.Event()
+        self.routing_published: bool | None = None
 
     # -- layout -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -88,6 +90,8 @@ class Supervisor:
         ports = free_ports(self.spec.port_count() + 1)
         self.control_port = ports.pop()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.run_dir.glob("raft-*"):  # a new cluster starts with an empty store
+            shutil.rmtree(old, ignore_errors=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         topo = build_topology(self.spec, ports, str(self.run_dir), prom)
         self.topology = topo
@@ -202,10 +206,28 @@ class Supervisor:
                 f"http://127.0.0.1:{ports['prometheus']['http']}" if "prometheus" in ports else None
             ),
             "prometheus_targets_dir": str(self.run_dir / "targets"),
+            "raft_endpoints": raft_endpoints(self.topology),
+            "routing_table_published": self.routing_published,
             "processes": procs,
             "links": [link.to_json() for link in self.topology.links],
         }
         state_mod.write_state(st)
+
+    async def publish_routing_table(self) -> None:
+        """Put the gateway's routing table into the metadata store once it has a leader."""
+        assert self.topology is not None
+        endpoints = raft_endpoints(self.topology)
+        if not endpoints:
+            return
+        from resilience import routing_table
+
+        ok = await asyncio.to_thread(
+            routing_table.publish, endpoints, upstreams_for_gateway(self.topology)
+        )
+        self.routing_published = ok
+        if not ok:
+            log.error("could not publish the routing table: the store elected no leader")
+        self.write_state()
 
     async def stop_all(self) -> None:
         """SIGCONT (a paused process cannot exit), SIGTERM, then SIGKILL what is left."""
@@ -288,6 +310,7 @@ class Supervisor:
             await self.wait_ready(list(self.managed), ready_timeout)
             self.ready = True
             self.write_state()
+            asyncio.create_task(self.publish_routing_table())
             log.info("cluster ready in %.2fs", time.time() - self.started_at)
             monitor = asyncio.create_task(self.monitor())
             await self.stopping.wait()
@@ -304,6 +327,8 @@ class Supervisor:
             if code == 0:
                 state_mod.remove_state()
             shutil.rmtree(self.run_dir / "prometheus-data", ignore_errors=True)
+            for data in self.run_dir.glob("raft-*"):
+                shutil.rmtree(data, ignore_errors=True)
         return code
 
 
@@ -324,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart-delay", type=float, default=1.0)
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--no-prometheus", action="store_true")
+    p.add_argument("--raft-replicas", type=int, default=3)
+    p.add_argument("--raft-config", default="{}")
     p.add_argument("--run-dir", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -333,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_config=json.loads(args.worker_config),
         gateway_config=json.loads(args.gateway_config),
         prometheus=not args.no_prometheus,
+        raft_replicas=args.raft_replicas,
+        raft_config=json.loads(args.raft_config),
     )
     run_dir = Path(args.run_dir) if args.run_dir else state_mod.home() / "cluster"
     sup = Supervisor(spec, run_dir, restart_delay=args.restart_delay)

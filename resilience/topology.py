@@ -54,13 +54,20 @@ class ClusterSpec:
     worker_config: dict[str, Any] = field(default_factory=dict)
     gateway_config: dict[str, Any] = field(default_factory=dict)
     prometheus: bool = True
+    raft_replicas: int = 3
+    raft_config: dict[str, Any] = field(default_factory=dict)
 
     def worker_names(self) -> list[str]:
         return [f"worker-n{n}-g{g}" for n in range(self.nodes) for g in range(self.gpus_per_node)]
 
+    def raft_names(self) -> list[str]:
+        return [f"raft-{i}" for i in range(self.raft_replicas)]
+
     def port_count(self) -> int:
-        # each worker: its own port + its link's proxy port; gateway; proxy control; prometheus
-        return 2 * len(self.worker_names()) + 3
+        # each worker: its own port + its link's proxy port; gateway; proxy control; prometheus;
+        # each replica: client and peer port, plus one proxied link to every other replica
+        n = self.raft_replicas
+        return 2 * len(self.worker_names()) + 3 + 2 * n + n * (n - 1)
 
 
 @dataclass
@@ -136,6 +143,9 @@ def build_topology(
                     upstream_port=port,
                 )
             )
+    raft_processes, raft_links = _raft_layout(spec, it, run_dir)
+    processes += raft_processes
+    links += raft_links
     gateway_port, proxy_port, prom_port = next(it), next(it), next(it)
     proxy_argv = [
         py,
@@ -171,6 +181,9 @@ def build_topology(
     ]
     if spec.gateway_config:
         gw_argv += ["--config", json.dumps(spec.gateway_config)]
+    if raft_processes:  # the gateway follows its routing table in the metadata store
+        gw_argv += ["--store", ",".join(f"http://127.0.0.1:{p.ports['http']}"
+                                        for p in raft_processes)]
     processes.append(
         ProcessSpec(
             name="gateway",
@@ -226,3 +239,43 @@ def scrape_targets(topology: Topology) -> list[dict[str, Any]]:
         labels = {"job": p.kind, "instance_name": p.name, **p.labels}
         groups.append({"targets": [f"127.0.0.1:{port}"], "labels": labels})
     return groups
+
+
+def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSpec], list[Link]]:
+    """The metadata store's replicas; every replica reaches every other through its own
+    proxied link `raft-I->raft-J`, so a partition between any two is one proxy rule."""
+    if spec.raft_replicas == 0:
+        return [], []
+    if spec.raft_replicas < 3:
+        raise ValueError("the metadata store needs at least 3 replicas (or 0 for none)")
+    names = spec.raft_names()
+    client = {name: next(ports) for name in names}
+    peer = {name: next(ports) for name in names}
+    links = [
+        Link(name=f"{a}->{b}", source=a, target=b, listen_port=next(ports),
+             upstream_host="127.0.0.1", upstream_port=peer[b])
+        for a in names for b in names if a != b
+    ]
+    processes = []
+    for i, name in enumerate(names):
+        peers = {
+            str(j): f"http://127.0.0.1:{link.listen_port}"
+            for j, other in enumerate(names)
+            for link in links
+            if link.source == name and link.target == other
+        }
+        argv = [sys.executable, "-m", "resilience.raft", "--id", str(i), "--host", "127.0.0.1",
+                "--client-port", str(client[name]), "--peer-port", str(peer[name]),
+                "--peers", json.dumps(peers), "--data-dir", f"{run_dir}/{name}"]
+        if spec.raft_config:
+            argv += ["--config", json.dumps(spec.raft_config)]
+        processes.append(ProcessSpec(
+            name=name, kind="raft", argv=argv, ports={"http": client[name], "peer": peer[name]},
+            labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}"},
+            ready_path="/status"))
+    return processes, links
+
+
+def raft_endpoints(topology: Topology) -> list[str]:
+    """Client URLs of the store's replicas, in id order."""
+    return [f"http://127.0.0.1:{p.ports['http']}" for p in topology.processes if p.kind == "raft"]

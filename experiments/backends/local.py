@@ -52,10 +52,24 @@ class LocalBackend:
         return kind in NETWORK_KINDS or kind in PROCESS_KINDS
 
     def candidates(self) -> list[Candidate]:
-        return [
-            Candidate(name=p["name"], labels=dict(p["labels"]), namespace=self.namespace)
-            for p in self.state["processes"]
-        ]
+        """Processes with their labels; store replicas also carry their live `raft-role`,
+        read at this moment, so `raft-role: leader` selects whoever leads now."""
+        out = []
+        for p in self.state["processes"]:
+            labels = dict(p["labels"])
+            if labels.get("role") == "raft":
+                labels["raft-role"] = self._raft_role(p)
+            out.append(Candidate(name=p["name"], labels=labels, namespace=self.namespace))
+        return out
+
+    def _raft_role(self, process: dict[str, Any]) -> str:
+        url = f"http://127.0.0.1:{process['ports']['http']}/status"
+        try:
+            r = httpx.get(url, timeout=0.3, trust_env=False)
+            r.raise_for_status()
+            return str(r.json().get("role", "unknown"))
+        except (httpx.HTTPError, ValueError):
+            return "unreachable"
 
     def _process(self, name: str) -> dict[str, Any]:
         for p in self.state["processes"]:

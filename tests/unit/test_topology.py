@@ -1,3 +1,5 @@
+import json
+
 from resilience.topology import ClusterSpec, build_topology, scrape_targets, upstreams_for_gateway
 
 
@@ -18,14 +20,15 @@ def test_every_worker_has_pod_like_labels_and_a_proxied_link():
         "gpu": "1",
         "model": "deepseek-sim",
     }
-    assert {link.target for link in t.links} == {w.name for w in workers}
+    gateway_links = {link.target for link in t.links if link.source == "gateway"}
+    assert gateway_links == {w.name for w in workers}
 
 
 def test_ports_are_all_distinct():
     _, t = topo(4, 2)
     ports = [port for p in t.processes for port in p.ports.values()]
     ports += [link.listen_port for link in t.links]
-    assert len(ports) == len(set(ports)) == 4 * 2 * 2 + 3
+    assert len(ports) == len(set(ports)) == 4 * 2 * 2 + 3 + 3 * 2 + 3 * 2
 
 
 def test_gateway_reaches_workers_only_through_the_proxy():
@@ -42,3 +45,31 @@ def test_prometheus_scrapes_every_other_process_with_its_labels():
     groups = scrape_targets(t)
     assert len(groups) == len(t.processes) - 1
     assert all(g["labels"]["job"] for g in groups)
+
+
+def test_every_replica_reaches_every_other_through_its_own_link():
+    _, t = topo()
+    replicas = [p for p in t.processes if p.kind == "raft"]
+    assert [r.name for r in replicas] == ["raft-0", "raft-1", "raft-2"]
+    raft_links = {(link.source, link.target) for link in t.links if link.source.startswith("raft")}
+    assert raft_links == {
+        (a, b)
+        for a in ("raft-0", "raft-1", "raft-2")
+        for b in ("raft-0", "raft-1", "raft-2")
+        if a != b
+    }
+    argv = replicas[0].argv
+    peers = json.loads(argv[argv.index("--peers") + 1])
+    by_pair = {(link.source, link.target): link.listen_port for link in t.links}
+    assert peers == {
+        "1": f"http://127.0.0.1:{by_pair[('raft-0', 'raft-1')]}",
+        "2": f"http://127.0.0.1:{by_pair[('raft-0', 'raft-2')]}",
+    }
+
+
+def test_a_store_of_two_replicas_is_refused():
+    import pytest
+
+    spec = ClusterSpec(nodes=1, gpus_per_node=1, raft_replicas=2)
+    with pytest.raises(ValueError, match="at least 3"):
+        build_topology(spec, list(range(30000, 30000 + spec.port_count())), "/tmp/r", "/x")
