@@ -89,6 +89,7 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
             nodes=int(configuration.get("nodes", 4)),
             gpus_per_node=int(configuration.get("gpus_per_node", 2)),
             raft_replicas=int(configuration.get("raft_replicas", 3)),
+            store=str(configuration.get("raft_kind") or "ours"),
         )
         _say(
             f"inference-chaos: starting the embedded cluster ({opts.nodes} nodes x "
@@ -98,9 +99,11 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
         state = launcher.up(opts)
         run.owns_cluster = True
         _say(f"inference-chaos: cluster ready in {time.monotonic() - started:.1f}s")
-    for key in ("gateway_url", "prometheus_url", "prometheus_targets_dir"):
+    for key in ("gateway_url", "prometheus_url", "prometheus_targets_dir", "raft_endpoints"):
         if not configuration.get(key) and state.get(key):
             configuration[key] = state[key]
+    if not configuration.get("raft_kind") and state.get("store"):
+        configuration["raft_kind"] = state["store"]
 
 
 def _preflight(experiment: dict[str, Any], configuration: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         worker_config=json.loads(args.worker_config),
         prometheus=not args.no_prometheus,
         raft_replicas=args.raft_replicas,
+        store=args.store,
     )
     try:
         st = launcher.up(opts)
@@ -192,6 +193,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--worker-config", default="{}", help="JSON overrides of the worker model")
     p.add_argument("--raft-replicas", type=int, default=3,
                    help="replicas of the metadata store (3 or 5; 0 for none)")
+    p.add_argument("--store", choices=["ours", "etcd"], default="ours",
+                   help="the metadata store: ours, or a real etcd from the Debian package")
     p.add_argument("--no-prometheus", action="store_true")
     p.set_defaults(func=cmd_up)
 
@@ -210,15 +213,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     p.set_defaults(func=cmd_recover)
 
     load = sub.add_parser("load", help="drive streaming load against any OpenAI-compatible URL")
-    return parser, load
+    history = sub.add_parser("check-history", help="check a recorded history for linearizability")
+    return parser, load, history
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, load = build_parser()
+    parser, load, history = build_parser()
     from loadtests import cli as load_cli
+    from probes.linearizability import cli as history_cli
 
     load_cli.add_arguments(load)
     load.set_defaults(func=load_cli.main)
+    history_cli.add_arguments(history)
+    history.set_defaults(func=history_cli.main)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return cmd_run(args, extra)

@@ -38,6 +38,7 @@ class UpOptions:
     prometheus: bool = True
     raft_replicas: int = 3
     raft_config: dict[str, Any] = field(default_factory=dict)
+    store: str = "ours"
     timeout: float = 30.0
 
 
@@ -82,7 +83,7 @@ def up(opts: UpOptions | None = None) -> dict[str, Any]:
         str(opts.timeout),
     ]
     argv += ["--raft-replicas", str(opts.raft_replicas),
-             "--raft-config", json.dumps(opts.raft_config)]
+             "--raft-config", json.dumps(opts.raft_config), "--store", opts.store]
     if not opts.prometheus:
         argv.append("--no-prometheus")
     log_path = home / "supervisor.log"

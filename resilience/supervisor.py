@@ -13,6 +13,7 @@ import ctypes
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -207,6 +208,7 @@ class Supervisor:
             ),
             "prometheus_targets_dir": str(self.run_dir / "targets"),
             "raft_endpoints": raft_endpoints(self.topology),
+            "store": self.spec.store,
             "routing_table_published": self.routing_published,
             "processes": procs,
             "links": [link.to_json() for link in self.topology.links],
@@ -217,7 +219,7 @@ class Supervisor:
         """Put the gateway's routing table into the metadata store once it has a leader."""
         assert self.topology is not None
         endpoints = raft_endpoints(self.topology)
-        if not endpoints:
+        if not endpoints or self.spec.store != "ours":
             return
         from resilience import routing_table
 
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-prometheus", action="store_true")
     p.add_argument("--raft-replicas", type=int, default=3)
     p.add_argument("--raft-config", default="{}")
+    p.add_argument("--store", choices=["ours", "etcd"], default="ours")
     p.add_argument("--run-dir", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -362,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         prometheus=not args.no_prometheus,
         raft_replicas=args.raft_replicas,
         raft_config=json.loads(args.raft_config),
+        store=args.store,
     )
+    if platform.machine() not in ("x86_64", "AMD64", "ppc64le"):
+        os.environ.setdefault("ETCD_UNSUPPORTED_ARCH", "arm64")  # etcd 3.4 asks to be told
     run_dir = Path(args.run_dir) if args.run_dir else state_mod.home() / "cluster"
     sup = Supervisor(spec, run_dir, restart_delay=args.restart_delay)
     return asyncio.run(sup.run(args.ready_timeout))

@@ -56,6 +56,7 @@ class ClusterSpec:
     prometheus: bool = True
     raft_replicas: int = 3
     raft_config: dict[str, Any] = field(default_factory=dict)
+    store: str = "ours"  # or "etcd": the same replicas, labels and probes, a real etcd
 
     def worker_names(self) -> list[str]:
         return [f"worker-n{n}-g{g}" for n in range(self.nodes) for g in range(self.gpus_per_node)]
@@ -66,8 +67,10 @@ class ClusterSpec:
     def port_count(self) -> int:
         # each worker: its own port + its link's proxy port; gateway; proxy control; prometheus;
         # each replica: client and peer port, plus one proxied link to every other replica
+        # (etcd members reach each other directly: see _etcd_layout)
         n = self.raft_replicas
-        return 2 * len(self.worker_names()) + 3 + 2 * n + n * (n - 1)
+        links = n * (n - 1) if self.store == "ours" else 0
+        return 2 * len(self.worker_names()) + 3 + 2 * n + links
 
 
 @dataclass
@@ -181,7 +184,7 @@ def build_topology(
     ]
     if spec.gateway_config:
         gw_argv += ["--config", json.dumps(spec.gateway_config)]
-    if raft_processes:  # the gateway follows its routing table in the metadata store
+    if raft_processes and spec.store == "ours":  # the gateway follows its routing table
         gw_argv += ["--store", ",".join(f"http://127.0.0.1:{p.ports['http']}"
                                         for p in raft_processes)]
     processes.append(
@@ -248,6 +251,10 @@ def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSp
         return [], []
     if spec.raft_replicas < 3:
         raise ValueError("the metadata store needs at least 3 replicas (or 0 for none)")
+    if spec.store == "etcd":
+        return _etcd_layout(spec, ports, run_dir), []
+    if spec.store != "ours":
+        raise ValueError(f"unknown store {spec.store!r}; expected 'ours' or 'etcd'")
     names = spec.raft_names()
     client = {name: next(ports) for name in names}
     peer = {name: next(ports) for name in names}
@@ -276,6 +283,47 @@ def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSp
     return processes, links
 
 
+def _etcd_layout(spec: ClusterSpec, ports, run_dir: str) -> list[ProcessSpec]:
+    """A real etcd (Debian's etcd-server) in place of our store, with the same names and
+    labels, so the Raft experiments and probes run unchanged against it. Its members reach
+    each other directly (an etcd member advertises one peer URL to all), so process faults
+    work on it but the fault proxy cannot partition it."""
+    import shutil
+
+    binary = shutil.which("etcd")
+    if not binary:
+        raise ValueError("etcd binary not found on PATH: install the Debian package "
+                         "'etcd-server' (apt-get install etcd-server)")
+    names = spec.raft_names()
+    client = {name: next(ports) for name in names}
+    peer = {name: next(ports) for name in names}
+    cluster = ",".join(f"{n}=http://127.0.0.1:{peer[n]}" for n in names)
+    heartbeat = int(float(spec.raft_config.get("heartbeat_interval_s", 0.05)) * 1000)
+    # etcd wants an election timeout of at least 5 heartbeats (it randomizes it up to 2x)
+    election = max(int(float(spec.raft_config.get("election_timeout_min_s", 0.15)) * 1000),
+                   5 * heartbeat)
+    processes = []
+    for i, name in enumerate(names):
+        argv = [binary, "--name", name, "--data-dir", f"{run_dir}/{name}",
+                "--listen-client-urls", f"http://127.0.0.1:{client[name]}",
+                "--advertise-client-urls", f"http://127.0.0.1:{client[name]}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer[name]}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer[name]}",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--heartbeat-interval", str(heartbeat), "--election-timeout", str(election),
+                "--logger", "zap", "--log-level", "warn"]
+        processes.append(ProcessSpec(
+            name=name, kind="etcd", argv=argv, ports={"http": client[name], "peer": peer[name]},
+            labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}",
+                    "store": "etcd"},
+            ready_path="/version"))
+    return processes
+
+
 def raft_endpoints(topology: Topology) -> list[str]:
     """Client URLs of the store's replicas, in id order."""
-    return [f"http://127.0.0.1:{p.ports['http']}" for p in topology.processes if p.kind == "raft"]
+    return [
+        f"http://127.0.0.1:{p.ports['http']}"
+        for p in topology.processes
+        if p.kind in ("raft", "etcd")
+    ]

@@ -63,12 +63,22 @@ class LocalBackend:
         return out
 
     def _raft_role(self, process: dict[str, Any]) -> str:
-        url = f"http://127.0.0.1:{process['ports']['http']}/status"
+        """leader / follower / candidate as the replica says now; `unreachable` if it cannot."""
+        base = f"http://127.0.0.1:{process['ports']['http']}"
         try:
-            r = httpx.get(url, timeout=0.3, trust_env=False)
+            if process.get("kind") == "etcd":
+                r = httpx.post(f"{base}/v3/maintenance/status", json={}, timeout=0.3,
+                               trust_env=False)
+                r.raise_for_status()
+                status = r.json()
+                leader = status.get("leader")
+                if not leader:
+                    return "candidate"
+                return "leader" if leader == status["header"]["member_id"] else "follower"
+            r = httpx.get(f"{base}/status", timeout=0.3, trust_env=False)
             r.raise_for_status()
             return str(r.json().get("role", "unknown"))
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, KeyError):
             return "unreachable"
 
     def _process(self, name: str) -> dict[str, Any]:

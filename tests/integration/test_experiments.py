@@ -289,3 +289,31 @@ def test_unreachable_prometheus_fails_the_run_before_the_method(cluster, tmp_pat
         "127.0.0.1:9" in one_line_error(run.stderr().split("verdict")[0] + "\n" + run.stderr())
         or "127.0.0.1:9" in run.stderr()
     )
+
+
+@pytest.mark.parametrize("experiment", ["raft-leader-kill.yaml", "raft-partition.yaml"])
+def test_raft_experiments_judge_failover_and_linearizability(tmp_path, experiment):
+    home = tmp_path / "home"
+    run = Run(tmp_path, home, str(ROOT / "experiments" / experiment),
+              {"nodes": 1, "gpus_per_node": 1, "failover_bound_s": 2.0})
+    fault = run.active_fault()
+    with chaos_home(home):
+        state = read_state()
+    statuses = [httpx.get(f"{e}/status", timeout=1, trust_env=False).json()
+                for e in state["raft_endpoints"]
+                if not (fault["kind"] == "pod-kill" and e.endswith(
+                    str(next(p for p in state["processes"]
+                             if p["name"] == fault["victims"][0])["ports"]["http"])))]
+    assert fault["victims"][0].startswith("raft-")
+    code = run.wait(120)
+    journal = run.journal()
+    verdict = journal["inference_chaos"]
+    assert verdict["verdict"] == "passed", (verdict["reasons"], run.stderr()[-2000:])
+    assert code == 0
+    checks = {s.get("check") for s in verdict["slos"]}
+    assert {"linearizability", "raft-failover"} <= checks
+    failover = next(s for s in verdict["slos"] if s.get("check") == "raft-failover")
+    assert 0 < failover["failover_s"] <= 2.0 and failover["split_brain"] == []
+    assert statuses, "the surviving replicas answered during the fault"
+    assert read_state(home / "state.json") is None
+    assert (run.run_dir() / "raft-history.jsonl").exists()
