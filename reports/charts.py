@@ -3,17 +3,18 @@
 The report must be one self-contained file that a person reads in a minute, so charts are
 vector SVG inlined into the page: text stays text (``svg.fonttype: none``), nothing points
 outside the page, and element ids are salted per chart so several charts can share one page.
-Everything here is derived from the raw load records alone; the charts know nothing of how
-the records were produced. Figures are built as `matplotlib.figure.Figure` objects, never
-through pyplot, so no GUI backend is touched and nothing global changes for the caller; SVG is
-written by matplotlib's own SVG canvas (the Agg rasteriser is never needed).
+Everything here is derived from plain data (the raw load records, Prometheus series, the Raft
+observer's leader timeline); the charts know nothing of how that data was produced. Figures are
+built as `matplotlib.figure.Figure` objects, never through pyplot, so no GUI backend is touched
+and nothing global changes for the caller; SVG is written by matplotlib's own SVG canvas (the
+Agg rasteriser is never needed).
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ COLOURS = {
     "p99": "#CC79A7",
     "fault": "#D55E00",
 }
+# Leader terms: no orange-red, which means "fault" and "no leader" on these charts.
+_TERM_PALETTE = ("#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#332288", "#999999", "#E69F00")
 WORKER_PALETTE = (
     "#0072B2",
     "#E69F00",
@@ -75,6 +78,26 @@ class FaultSpan:
     label: str
     start: float
     end: float | None
+
+
+@dataclass(frozen=True)
+class LeaderStint:
+    """One (leader, term) as the replicas told it, from start to end in seconds since t = 0;
+    leader None while there was none (an election)."""
+
+    start: float
+    end: float
+    leader: str | None
+    term: int | None
+
+
+@dataclass(frozen=True)
+class LeaderClaim:
+    """One replica claiming leadership of a term another replica also led (split brain)."""
+
+    at: float
+    leader: str
+    term: int | None
 
 
 @dataclass
@@ -239,6 +262,144 @@ def series_chart(
             _shade_faults(ax, spans, f"prometheus-{index}", index == 0, data_end)
         axes[-1].set_xlabel("seconds since load start")
         return _to_svg(fig, "Prometheus series")
+
+
+def leader_chart(
+    stints: Sequence[LeaderStint],
+    replicas: Sequence[str],
+    spans: Sequence[FaultSpan] = (),
+    *,
+    victims: Iterable[str] = (),
+    fault_mark: float | None = None,
+    failover_s: float | None = None,
+    claims: Sequence[LeaderClaim] = (),
+    xlabel: str = "seconds",
+    chart_id: str = "leader",
+) -> str:
+    """Which replica led when: one row per replica and one for "no leader", a step line
+    through them, each change labelled with its term, faults shaded.
+
+    An election lasts milliseconds on an axis of seconds, so every change also gets a marker
+    and every leaderless stretch a label with its length: a gap that cannot be seen as a
+    width is still seen as a point and read as a number.
+    """
+    if not stints:
+        return ""
+    rows = {name: index + 1 for index, name in enumerate(replicas)}
+    for stint in stints:
+        if stint.leader is not None and stint.leader not in rows:
+            rows[stint.leader] = len(rows) + 1
+    victim_set = set(victims)
+    terms = sorted({s.term for s in stints if s.term is not None})
+    term_colour = {t: _TERM_PALETTE[i % len(_TERM_PALETTE)] for i, t in enumerate(terms)}
+    with matplotlib.rc_context({**_SVG_RC, "svg.hashsalt": chart_id}):
+        fig = Figure(figsize=(9.0, 1.5 + 0.42 * (len(rows) + 1)), layout="constrained")
+        ax = fig.subplots()
+        ax.grid(axis="y", visible=False)
+        ys = [rows[s.leader] if s.leader is not None else 0 for s in stints]
+        xs = [s.start for s in stints] + [stints[-1].end]
+        ax.plot(xs, [*ys, ys[-1]], drawstyle="steps-post", color="#555555", lw=0.8, zorder=2)
+        labelled = {"leader": False, "none": False}
+        for index, (stint, y) in enumerate(zip(stints, ys, strict=True)):
+            leaderless = stint.leader is None
+            colour = COLOURS["errors"] if leaderless else term_colour.get(stint.term, "#555555")
+            kind = "none" if leaderless else "leader"
+            label = "_nolegend_"
+            if not labelled[kind]:
+                label = "no leader (election)" if leaderless else "leader (colour = term)"
+                labelled[kind] = True
+            ax.hlines(y, stint.start, stint.end, colors=colour, lw=7, label=label, zorder=3)
+            ax.plot(
+                stint.start,
+                y,
+                marker="X" if leaderless else "o",
+                ms=8 if leaderless else 6,
+                color=colour,
+                mec="white",
+                mew=0.8,
+                zorder=4,
+            )
+            term = "" if stint.term is None else f"term {stint.term}"
+            gap = _seconds(stint.end - stint.start)
+            electing = f" (electing {term})" if term else ""
+            text = f"no leader for {gap}{electing}" if leaderless else term
+            ax.annotate(
+                _plain(text.strip()),
+                xy=(stint.start, y),
+                xytext=(3, 7),
+                textcoords="offset points",
+                fontsize=8,
+                color=colour,
+                ha="left",
+                va="bottom",
+                zorder=5,
+            ).set_gid(f"{chart_id}-change-{index}")
+        if claims:
+            ax.plot(
+                [c.at for c in claims],
+                [rows.get(c.leader, 0) for c in claims],
+                ls="none",
+                marker="D",
+                ms=8,
+                mfc="none",
+                mec=COLOURS["fault"],
+                mew=1.6,
+                zorder=6,
+                label="split-brain claim",
+            )
+        end = max(s.end for s in stints)
+        _shade_faults(ax, spans, chart_id, True, end)
+        if fault_mark is not None:
+            ax.axvline(
+                fault_mark, color="#333333", ls="--", lw=0.9, label="fault mark (t0)", zorder=1
+            )
+            if failover_s is not None:
+                top = len(rows) + 0.45
+                ax.annotate(
+                    "",
+                    xy=(fault_mark + failover_s, top),
+                    xytext=(fault_mark, top),
+                    arrowprops={
+                        "arrowstyle": "|-|",
+                        "color": "#333333",
+                        "lw": 1.0,
+                        "shrinkA": 0,
+                        "shrinkB": 0,
+                        "mutation_scale": 3,
+                    },
+                )
+                ax.annotate(
+                    f"new leader after {_seconds(failover_s)}",
+                    xy=(fault_mark + failover_s, top),
+                    xytext=(5, 0),
+                    textcoords="offset points",
+                    fontsize=8,
+                    va="center",
+                    ha="left",
+                    color="#333333",
+                ).set_gid(f"{chart_id}-failover")
+        names = ["no leader", *(_plain(f"replica {n}") for n in rows)]
+        names = [
+            f"{name} (victim)" if r in victim_set else name
+            for name, r in zip(names, ["", *rows], strict=True)
+        ]
+        ax.set_yticks(range(len(rows) + 1), names)
+        ax.set_ylim(-0.6, len(rows) + 1.0)
+        starts = [s.start for s in stints] + [s.start for s in spans]
+        ends = [end] + [s.end for s in spans if s.end is not None]
+        if fault_mark is not None:
+            starts.append(fault_mark)
+        left, right = min(starts), max(ends)
+        pad = max(0.03 * (right - left), 0.1)
+        ax.set_xlim(left - pad, right + pad)
+        ax.set_xlabel(_plain(xlabel))
+        ax.set_title("Which replica led the metadata store", loc="left")
+        ax.legend(**_LEGEND_OUTSIDE)
+        return _to_svg(fig, "Raft leader over time")
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _shade_faults(

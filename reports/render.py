@@ -6,8 +6,9 @@ plain data (the journal, the JSON-lines load records, optional Prometheus series
 knows how any of it was measured. Every piece may be missing: the page then says so instead
 of failing, because a report is most needed exactly when a run went wrong.
 
-This module builds the page: what users felt comes from `reports.records`, charts from
-`reports.charts`, the text of each value from `reports.formatting`.
+This module builds the page: what users felt comes from `reports.records`, the Raft control
+plane (leader timeline, failover figures, linearizability) from `reports.controlplane`, charts
+from `reports.charts`, the text of each value from `reports.formatting`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,13 @@ from reports.charts import (
     series_chart,
     served_by_chart,
     timeline_chart,
+)
+from reports.controlplane import (
+    control_plane_section,
+    epoch,
+    glance_cards,
+    is_check_output,
+    without_history_html,
 )
 from reports.formatting import (
     fmt_duration,
@@ -116,8 +123,9 @@ def build_context(
     if records_note:
         missing.append(records_note)
     experiment = _mapping(journal.get("experiment"))
-    journal_start = _epoch(journal.get("start"))
+    journal_start = epoch(journal.get("start"))
     origin, origin_label = _origin(columns, journal_start, faults)
+    spans = _spans(faults, origin)
 
     load = _load_section(columns, faults, origin) if columns is not None else None
     verdict = _verdict(journal, chaos, missing)
@@ -134,9 +142,9 @@ def build_context(
         )
     rollbacks = _activity_rows(journal.get("rollbacks"), origin)
     hypothesis = _hypothesis(experiment, _mapping(journal.get("steady_states")), origin)
+    control_plane = control_plane_section(journal, origin, origin_label, faults, spans)
     prometheus_svg = ""
     if prometheus_series:
-        spans = _spans(faults, origin)
         prometheus_svg = series_chart(prometheus_series, origin, spans)
 
     return {
@@ -147,9 +155,10 @@ def build_context(
         "run": _run_facts(journal, chaos, origin, origin_label),
         "origin_label": origin_label,
         "missing": missing,
-        "glance": _glance(load, slos, verdict),
+        "glance": _glance(load, slos, verdict, control_plane),
         "faults": [_fault_row(f, origin) for f in faults],
         "load": load,
+        "control_plane": control_plane,
         "slos": [_slo_row(s, origin) for s in slos],
         "slo_note": (
             "Claiming 99.9% at 95% confidence needs about 3,000 requests without a single "
@@ -255,7 +264,7 @@ def _verdict(
 def _run_facts(
     journal: Mapping[str, Any], chaos: Mapping[str, Any], origin: float, origin_label: str
 ) -> list[tuple[str, str]]:
-    start, end = _epoch(journal.get("start")), _epoch(journal.get("end"))
+    start, end = epoch(journal.get("start")), epoch(journal.get("end"))
     duration = journal.get("duration")
     facts = [
         ("run id", str(chaos.get("run_id") or "—")),
@@ -274,9 +283,12 @@ def _run_facts(
 
 
 def _glance(
-    load: Mapping[str, Any] | None, slos: Sequence[Mapping[str, Any]], verdict: Mapping
+    load: Mapping[str, Any] | None,
+    slos: Sequence[Mapping[str, Any]],
+    verdict: Mapping,
+    control_plane: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
-    cards = [("verdict", verdict["word"])]
+    cards = [("verdict", verdict["word"]), *glance_cards(control_plane)]
     if load is not None:
         totals = load["totals"]
         cards.append(("requests", f"{totals['total']:,}"))
@@ -355,6 +367,8 @@ def _slo_verdict(slo: Mapping[str, Any]) -> str:
     verdict = slo.get("verdict")
     if verdict in ("pass", "fail", "inconclusive"):
         return str(verdict)
+    if "check" in slo and slo.get("result") == "unknown":
+        return "inconclusive"  # a check cut short proves nothing either way
     if "metric" in slo and (slo.get("value") is None or not slo.get("count", 1)):
         return "inconclusive"
     if "ok" in slo:
@@ -366,6 +380,8 @@ def _slo_row(slo: Mapping[str, Any], origin: float) -> dict[str, Any]:
     verdict = _slo_verdict(slo)
     window = _fmt_window(slo, origin)
     source = str(slo.get("source") or "")
+    if "check" in slo:
+        return _check_row(slo, verdict, window, source)
     if "metric" in slo:
         quantile = slo.get("quantile")
         q = (
@@ -416,6 +432,25 @@ def _slo_row(slo: Mapping[str, Any], origin: float) -> dict[str, Any]:
     }
 
 
+def _check_row(slo: Mapping[str, Any], verdict: str, window: str, source: str) -> dict[str, Any]:
+    """A named check the verdict control judges like an SLO (linearizability, step-down)."""
+    check = str(slo["check"])
+    measured = slo.get("result")
+    if measured is None:
+        measured = "held" if slo.get("ok") else "violated"
+    return {
+        "name": str(slo.get("name") or check),
+        "target": "linearizable" if is_check_output(slo, "linearizability") else "holds",
+        "measured": str(measured),
+        "detail": str(slo.get("summary") or ""),
+        "interval": "—",
+        "verdict": verdict,
+        "window": window if window != "—" else str(slo.get("phase") or "—"),
+        "source": source or str(slo.get("probe") or ""),
+        "note": "",
+    }
+
+
 def _fmt_window(slo: Mapping[str, Any], origin: float) -> str:
     window = slo.get("window")
     start, end = slo.get("window_start"), slo.get("window_end")
@@ -457,7 +492,7 @@ def _activity_rows(runs: Any, origin: float, phase: str = "") -> list[dict[str, 
         if not isinstance(run, Mapping):
             continue
         activity = _mapping(run.get("activity"))
-        start = _epoch(run.get("start"))
+        start = epoch(run.get("start"))
         duration = run.get("duration")
         tolerance_met = run.get("tolerance_met")
         rows.append(
@@ -518,33 +553,20 @@ def _raw_outputs(
             if not isinstance(run, Mapping):
                 continue
             name = _mapping(run.get("activity")).get("name") or "unnamed"
-            body = {"output": run.get("output")}
+            body = {"output": without_history_html(run.get("output"))}
             if run.get("exception"):
                 body["exception"] = "".join(str(x) for x in run["exception"])
             items.append({"label": f"{group}: {name}", "body": fmt_json(body)})
     if slos:
-        items.append({"label": "SLO results (as recorded)", "body": fmt_json(list(slos))})
+        items.append(
+            {"label": "SLO results (as recorded)", "body": fmt_json(without_history_html(slos))}
+        )
     if faults:
         items.append({"label": "fault records (as recorded)", "body": fmt_json(list(faults))})
     return items
 
 
 # --- Reading the journal ----------------------------------------------------------------
-
-
-def _epoch(value: Any) -> float | None:
-    """Journal times are ISO strings; fault and load times are Unix floats. Accept both."""
-    if is_number(value):
-        return float(value)
-    if isinstance(value, str) and value:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    return None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
