@@ -219,7 +219,10 @@ class Supervisor:
         """Put the gateway's routing table into the metadata store once it has a leader."""
         assert self.topology is not None
         endpoints = raft_endpoints(self.topology)
-        if not endpoints or self.spec.store != "ours":
+        if not endpoints:
+            return
+        if self.spec.store == "etcd":
+            await self.wait_for_etcd_leader(endpoints)
             return
         from resilience import routing_table
 
@@ -228,8 +231,21 @@ class Supervisor:
         )
         self.routing_published = ok
         if not ok:
-            log.error("could not publish the routing table: the store elected no leader")
-        self.write_state()
+            raise RuntimeError("the metadata store elected no leader: routing table not published")
+
+    async def wait_for_etcd_leader(self, endpoints: list[str], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+            while time.monotonic() < deadline:
+                for endpoint in endpoints:
+                    try:
+                        async with session.post(f"{endpoint}/v3/maintenance/status", json={}) as r:
+                            if r.status == 200 and (await r.json()).get("leader"):
+                                return
+                    except (aiohttp.ClientError, TimeoutError, ValueError):
+                        pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("etcd elected no leader")
 
     async def stop_all(self) -> None:
         """SIGCONT (a paused process cannot exit), SIGTERM, then SIGKILL what is left."""
@@ -310,9 +326,10 @@ class Supervisor:
                 self.spawn(m)
             self.write_state()
             await self.wait_ready(list(self.managed), ready_timeout)
+            # ready means the store has a leader too: experiments select it by raft-role
+            await self.publish_routing_table()
             self.ready = True
             self.write_state()
-            asyncio.create_task(self.publish_routing_table())
             log.info("cluster ready in %.2fs", time.time() - self.started_at)
             monitor = asyncio.create_task(self.monitor())
             await self.stopping.wait()

@@ -170,11 +170,22 @@ def start_observer(
 
 def mark_fault(
     at: float | None = None,
+    from_run_fault: bool = False,
     configuration: dict[str, Any] | None = None,
     secrets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Set the fault time t0: now, or `at` (Unix seconds, e.g. a fault record's injected_at)."""
+    """Set the fault time t0: now, `at` (Unix seconds), or with `from_run_fault` the moment the
+    run's latest fault was injected (so the time spent choosing and reaching the victim does
+    not count as failover time)."""
     observer = _current_observer()
+    if from_run_fault:
+        from experiments.context import current_run
+
+        run = current_run()
+        injected = [f["injected_at"] for f in (run.faults() if run else []) if f["injected_at"]]
+        if not injected:
+            raise ActivityFailed("from_run_fault: this run has injected no fault yet")
+        at = max(injected)
     t0 = observer.mark_fault(None if at is None else at - observer.wall_offset_s)
     return {"t0": t0, "at": t0 + observer.wall_offset_s}
 
