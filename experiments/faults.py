@@ -117,6 +117,14 @@ def _inject(
     if not backend.supports(kind):
         raise ActivityFailed(f"the {backend.name} backend cannot inject {kind!r}")
     sel, victims = resolve_victims(backend, selector, mode, value)
+    if "target" in params:  # Chaos Mesh's target: only the links between victims and these
+        spec = params.pop("target") or {}
+        _, targets = resolve_victims(
+            backend, spec.get("selector"), spec.get("mode", "all"), spec.get("value")
+        )
+        params["target_names"] = sorted({t.name for t in targets} - {v.name for v in victims})
+        if not params["target_names"]:
+            raise ActivityFailed("target: it matches only the victims themselves")
     if getattr(_dry, "on", False):
         return {"kind": kind, "victims": [v.name for v in victims], "params": params}
     run = ensure_run()
@@ -258,14 +266,22 @@ def network_partition(
     value: Any = None,
     action: str = "blackhole",
     direction: str = "both",
+    target: dict[str, Any] | None = None,
     duration: Any = None,
     configuration: dict[str, Any] | None = None,
     secrets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Cut the selected processes off: `blackhole` drops silently, `reset` refuses."""
+    """Cut the selected processes off: `blackhole` drops silently, `reset` refuses. With a
+    `target` (`{selector: ..., mode: ...}` as in Chaos Mesh) only the links between the victims
+    and the target are cut, so a minority keeps talking within itself (a split, not an
+    isolation)."""
     if action not in ("blackhole", "reset"):
         raise ActivityFailed(f"action: {action!r} is not 'blackhole' or 'reset'")
-    params = {"partition": action, "direction": _direction(direction)}
+    params: dict[str, Any] = {"partition": action, "direction": _direction(direction)}
+    if target is not None:
+        if not isinstance(target, dict):
+            raise ActivityFailed("target: expected {selector: ..., mode: ...}")
+        params["target"] = target
     return _inject("network-partition", params, selector, mode, value, duration, configuration)
 
 

@@ -67,8 +67,9 @@ class LocalBackend:
         base = f"http://127.0.0.1:{process['ports']['http']}"
         try:
             if process.get("kind") == "etcd":
-                r = httpx.post(f"{base}/v3/maintenance/status", json={}, timeout=0.3,
-                               trust_env=False)
+                r = httpx.post(
+                    f"{base}/v3/maintenance/status", json={}, timeout=0.3, trust_env=False
+                )
                 r.raise_for_status()
                 status = r.json()
                 leader = status.get("leader")
@@ -175,9 +176,13 @@ class LocalBackend:
     def _network(self, record: FaultRecord) -> dict[str, Any]:
         """One proxy rule per fault over every link that touches a victim."""
         direction = record.params.get("direction", "to")
+        targets = record.params.get("target_names")
         by_direction: dict[str, list[str]] = {}
         for link in self.state["links"]:
             for victim in record.victims:
+                other = link["source"] if link["target"] == victim else link["target"]
+                if targets is not None and other not in targets:
+                    continue
                 if link["target"] == victim:
                     by_direction.setdefault(direction, []).append(link["name"])
                 elif link["source"] == victim:

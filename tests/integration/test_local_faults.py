@@ -144,3 +144,15 @@ def test_raw_socket_sees_the_reset(cluster, run):
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             if not s.recv(100):
                 raise ConnectionResetError("closed without a reply")
+
+
+def test_partition_with_a_target_splits_instead_of_isolating(cluster, run):
+    out = faults.network_partition(
+        selector={"pods": ["raft-0", "raft-1"]},
+        mode="all",
+        target={"selector": {"labelSelectors": {"role": "raft"}}, "mode": "all"},
+    )
+    links = {name for rule in out["details"]["rules"] for name in rule["links"]}
+    assert out["params"]["target_names"] == ["raft-2"]
+    assert links == {"raft-0->raft-2", "raft-2->raft-0", "raft-1->raft-2", "raft-2->raft-1"}
+    faults.recover_all()
