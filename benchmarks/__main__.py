@@ -5,7 +5,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["cluster_lifecycle", "worker_kill", "ttft_accuracy", "loadgen_cost"]
+BENCHMARKS = [
+    "cluster_lifecycle",
+    "worker_kill",
+    "ttft_accuracy",
+    "loadgen_cost",
+    "checker",
+    "raft_failover",
+    "raft_writes",
+]
 
 
 def main() -> int:
