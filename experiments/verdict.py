@@ -83,6 +83,8 @@ def reach_verdict(
         worse("failed", f"aborted before the method: {aborted_reason}")
     elif status == "interrupted":
         worse("interrupted", "the run was interrupted")
+    elif status == "aborted":
+        worse("failed", "Chaos Toolkit aborted the run on an unexpected error (see its log)")
 
     before = (journal.get("steady_states") or {}).get("before")
     if before is not None and not before.get("steady_state_met"):

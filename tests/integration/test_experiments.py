@@ -294,16 +294,29 @@ def test_unreachable_prometheus_fails_the_run_before_the_method(cluster, tmp_pat
 @pytest.mark.parametrize("experiment", ["raft-leader-kill.yaml", "raft-partition.yaml"])
 def test_raft_experiments_judge_failover_and_linearizability(tmp_path, experiment):
     home = tmp_path / "home"
-    run = Run(tmp_path, home, str(ROOT / "experiments" / experiment),
-              {"nodes": 1, "gpus_per_node": 1, "failover_bound_s": 2.0})
+    run = Run(
+        tmp_path,
+        home,
+        str(ROOT / "experiments" / experiment),
+        {"nodes": 1, "gpus_per_node": 1, "failover_bound_s": 2.0, "fault_duration": 3},
+    )
     fault = run.active_fault()
     with chaos_home(home):
         state = read_state()
-    statuses = [httpx.get(f"{e}/status", timeout=1, trust_env=False).json()
-                for e in state["raft_endpoints"]
-                if not (fault["kind"] == "pod-kill" and e.endswith(
-                    str(next(p for p in state["processes"]
-                             if p["name"] == fault["victims"][0])["ports"]["http"])))]
+    statuses = [
+        httpx.get(f"{e}/status", timeout=1, trust_env=False).json()
+        for e in state["raft_endpoints"]
+        if not (
+            fault["kind"] == "pod-kill"
+            and e.endswith(
+                str(
+                    next(p for p in state["processes"] if p["name"] == fault["victims"][0])[
+                        "ports"
+                    ]["http"]
+                )
+            )
+        )
+    ]
     assert fault["victims"][0].startswith("raft-")
     code = run.wait(120)
     journal = run.journal()
@@ -317,3 +330,24 @@ def test_raft_experiments_judge_failover_and_linearizability(tmp_path, experimen
     assert statuses, "the surviving replicas answered during the fault"
     assert read_state(home / "state.json") is None
     assert (run.run_dir() / "raft-history.jsonl").exists()
+
+
+def test_raft_leader_kill_runs_unchanged_against_a_real_etcd(tmp_path):
+    home = tmp_path / "home"
+    with running_cluster(home, nodes=1, gpus=1, store="etcd") as state:
+        assert state["store"] == "etcd"
+        run = Run(
+            tmp_path,
+            home,
+            str(ROOT / "experiments/raft-leader-kill.yaml"),
+            {"failover_bound_s": 2.0, "fault_duration": 3},
+        )
+        fault = run.active_fault()
+        victim = next(p for p in state["processes"] if p["name"] == fault["victims"][0])
+        assert victim["kind"] == "etcd" and not pid_alive(victim["pid"])
+        code = run.wait(120)
+        verdict = run.journal()["inference_chaos"]
+        assert verdict["verdict"] == "passed" and code == 0, verdict["reasons"]
+        failover = next(s for s in verdict["slos"] if s.get("check") == "raft-failover")
+        assert failover["failover_s"] <= 2.0
+        assert_cluster_whole(home)

@@ -129,3 +129,8 @@ def test_a_failed_named_check_in_the_method_deviates():
     v = reach_verdict(journal(runs=runs), [FAULT])
     assert v["verdict"] == "deviated"
     assert "linearizability: illegal: key k0" in v["reasons"][0]
+
+
+def test_an_aborted_run_is_failed_even_when_every_probe_passed():
+    v = reach_verdict(journal(status="aborted"), [FAULT])
+    assert v["verdict"] == "failed" and "aborted" in v["reasons"][0]
