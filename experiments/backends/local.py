@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -156,6 +157,8 @@ class LocalBackend:
             self._supervisor(f"/processes/{name}/hold", {"until": until})
             os.kill(pid, signal.SIGKILL)
             pids[name] = pid
+        for name, pid in pids.items():  # injected means dead, not merely signalled
+            _wait_until(lambda pid=pid: not pid_alive(pid), f"{name} (pid {pid}) to die")
         return {"pids": pids, "signal": "SIGKILL", "restart_after": restart_after}
 
     def _pause(self, record: FaultRecord) -> dict[str, Any]:
@@ -167,6 +170,10 @@ class LocalBackend:
                     raise BackendError(f"{name} is not running; nothing to pause")
                 os.kill(pid, signal.SIGSTOP)
                 pids[name] = pid
+            for name, pid in pids.items():  # injected means stopped, not merely signalled
+                _wait_until(
+                    lambda pid=pid: _proc_state(pid) in ("T", "t"), f"{name} (pid {pid}) to stop"
+                )
         except Exception:
             for pid in pids.values():
                 os.kill(pid, signal.SIGCONT)
@@ -210,3 +217,19 @@ class LocalBackend:
             raise
         record.details = {"rules": installed}
         return {"rules": installed}
+
+
+def _proc_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (R, S, T, Z, ...), or '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _wait_until(condition: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BackendError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.005)
