@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,18 @@ class LocalBackend:
 
     def candidates(self) -> list[Candidate]:
         """Processes with their labels; store replicas also carry their live `raft-role`,
-        read at this moment, so `raft-role: leader` selects whoever leads now."""
+        read at this moment (all replicas at once), so `raft-role: leader` selects whoever
+        leads now."""
+        replicas = [p for p in self.state["processes"] if p["labels"].get("role") == "raft"]
+        with ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
+            roles = dict(
+                zip([p["name"] for p in replicas], pool.map(self._raft_role, replicas), strict=True)
+            )
         out = []
         for p in self.state["processes"]:
             labels = dict(p["labels"])
-            if labels.get("role") == "raft":
-                labels["raft-role"] = self._raft_role(p)
+            if p["name"] in roles:
+                labels["raft-role"] = roles[p["name"]]
             out.append(Candidate(name=p["name"], labels=labels, namespace=self.namespace))
         return out
 
@@ -77,7 +84,7 @@ class LocalBackend:
                 if not leader:
                     return "candidate"
                 return "leader" if leader == status["header"]["member_id"] else "follower"
-            r = httpx.get(f"{base}/status", timeout=0.3, trust_env=False)
+            r = httpx.get(f"{base}/status", timeout=1.0, trust_env=False)
             r.raise_for_status()
             return str(r.json().get("role", "unknown"))
         except (httpx.HTTPError, ValueError, KeyError):

@@ -150,9 +150,12 @@ class _HttpClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_note_sent)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None),
+                trace_configs=[trace],
             )
         return self._session
 
@@ -162,12 +165,37 @@ class _HttpClient:
             self._session = None
 
     async def _send(self, method: str, url: str, body: Any = None) -> _Response:
-        """One HTTP exchange, no redirects followed. Raises aiohttp errors and TimeoutError."""
-        async with self._http().request(
-            method, yarl.URL(url, encoded=True), json=body, allow_redirects=False
-        ) as r:
-            text = await r.text(errors="replace")
-            return _Response(url, r.status, text, dict(r.headers))
+        """One HTTP exchange, no redirects followed. Raises aiohttp errors and TimeoutError.
+
+        aiohttp quietly resends an idempotent request (PUT, DELETE) once when a kept-alive
+        connection breaks after sending it; if the resend is then refused, the refusal would
+        read as "never sent" although the first copy may have been applied. A refusal after
+        any copy went out is therefore raised as `RequestMayHaveLanded` (outcome unknown).
+        """
+        sent: dict[str, bool] = {}
+        try:
+            async with self._http().request(
+                method,
+                yarl.URL(url, encoded=True),
+                json=body,
+                allow_redirects=False,
+                trace_request_ctx=sent,
+            ) as r:
+                text = await r.text(errors="replace")
+                return _Response(url, r.status, text, dict(r.headers))
+        except aiohttp.ClientConnectorError as exc:
+            if sent.get("sent"):
+                raise RequestMayHaveLanded(f"{method} {url} was sent, then: {exc}") from exc
+            raise
+
+
+class RequestMayHaveLanded(aiohttp.ClientError):
+    """A request went out before the connection failed: it may have taken effect."""
+
+
+async def _note_sent(session: Any, ctx: Any, params: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, dict):
+        ctx.trace_request_ctx["sent"] = True
 
 
 def _unknown_from(exc: BaseException, url: str) -> OutcomeUnknown:

@@ -37,6 +37,9 @@ class RaftConfig:
     pre_vote: bool = True
     check_quorum: bool = True
     fsync: bool = True  # off only for tests that measure something other than the disk
+    # UNSAFE, tests only (resilience/raft/unsafe.py): GET answers from the local store,
+    # without ReadIndex or redirect, so stale reads happen. Never on outside tests.
+    unsafe_local_reads: bool = False
 
     def __post_init__(self) -> None:
         positive = {

@@ -41,6 +41,7 @@ from resilience.raft.statemachine import (
     put_command,
 )
 from resilience.raft.transport import PEER_PATH, HttpTransport
+from resilience.raft.unsafe import local_read  # UNSAFE mode, tests only
 
 __all__ = ["BadRequest", "ReplicaServer", "serve"]
 
@@ -114,6 +115,8 @@ class ReplicaServer:
 
     async def kv_get(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
+        if self.config.unsafe_local_reads:  # UNSAFE, tests only: see resilience/raft/unsafe.py
+            return local_read(self.store, key)
 
         async def read() -> web.Response:
             await self.node.read_index()
