@@ -76,7 +76,7 @@ class LocalBackend:
         try:
             if process.get("kind") == "etcd":
                 r = httpx.post(
-                    f"{base}/v3/maintenance/status", json={}, timeout=0.3, trust_env=False
+                    f"{base}/v3/maintenance/status", json={}, timeout=1.0, trust_env=False
                 )
                 r.raise_for_status()
                 status = r.json()
