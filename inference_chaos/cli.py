@@ -191,10 +191,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
         help="seconds before a process that died on its own is restarted",
     )
     p.add_argument("--worker-config", default="{}", help="JSON overrides of the worker model")
-    p.add_argument("--raft-replicas", type=int, default=3,
-                   help="replicas of the metadata store (3 or 5; 0 for none)")
-    p.add_argument("--store", choices=["ours", "etcd"], default="ours",
-                   help="the metadata store: ours, or a real etcd from the Debian package")
+    p.add_argument(
+        "--raft-replicas",
+        type=int,
+        default=3,
+        help="replicas of the metadata store (3 or 5; 0 for none)",
+    )
+    p.add_argument(
+        "--store",
+        choices=["ours", "etcd"],
+        default="ours",
+        help="the metadata store: ours, or a real etcd from the Debian package",
+    )
     p.add_argument("--no-prometheus", action="store_true")
     p.set_defaults(func=cmd_up)
 

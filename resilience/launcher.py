@@ -82,8 +82,14 @@ def up(opts: UpOptions | None = None) -> dict[str, Any]:
         "--ready-timeout",
         str(opts.timeout),
     ]
-    argv += ["--raft-replicas", str(opts.raft_replicas),
-             "--raft-config", json.dumps(opts.raft_config), "--store", opts.store]
+    argv += [
+        "--raft-replicas",
+        str(opts.raft_replicas),
+        "--raft-config",
+        json.dumps(opts.raft_config),
+        "--store",
+        opts.store,
+    ]
     if not opts.prometheus:
         argv.append("--no-prometheus")
     log_path = home / "supervisor.log"

@@ -18,8 +18,9 @@ import httpx
 ROUTING_KEY = "routing.upstreams"
 
 
-def publish(endpoints: list[str], upstreams: list[dict[str, Any]], deadline_s: float = 10.0
-            ) -> bool:
+def publish(
+    endpoints: list[str], upstreams: list[dict[str, Any]], deadline_s: float = 10.0
+) -> bool:
     """Write the table through whichever replica leads (redirects are followed)."""
     body = {"value": json.dumps(upstreams, sort_keys=True)}
     deadline = time.monotonic() + deadline_s
@@ -36,8 +37,9 @@ def publish(endpoints: list[str], upstreams: list[dict[str, Any]], deadline_s: f
     return False
 
 
-async def fetch(session: aiohttp.ClientSession, endpoints: list[str]
-                ) -> list[dict[str, Any]] | None:
+async def fetch(
+    session: aiohttp.ClientSession, endpoints: list[str]
+) -> list[dict[str, Any]] | None:
     """The table as the store holds it now, or None when no replica could answer."""
     for endpoint in endpoints:
         try:

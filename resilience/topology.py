@@ -185,8 +185,10 @@ def build_topology(
     if spec.gateway_config:
         gw_argv += ["--config", json.dumps(spec.gateway_config)]
     if raft_processes and spec.store == "ours":  # the gateway follows its routing table
-        gw_argv += ["--store", ",".join(f"http://127.0.0.1:{p.ports['http']}"
-                                        for p in raft_processes)]
+        gw_argv += [
+            "--store",
+            ",".join(f"http://127.0.0.1:{p.ports['http']}" for p in raft_processes),
+        ]
     processes.append(
         ProcessSpec(
             name="gateway",
@@ -259,9 +261,17 @@ def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSp
     client = {name: next(ports) for name in names}
     peer = {name: next(ports) for name in names}
     links = [
-        Link(name=f"{a}->{b}", source=a, target=b, listen_port=next(ports),
-             upstream_host="127.0.0.1", upstream_port=peer[b])
-        for a in names for b in names if a != b
+        Link(
+            name=f"{a}->{b}",
+            source=a,
+            target=b,
+            listen_port=next(ports),
+            upstream_host="127.0.0.1",
+            upstream_port=peer[b],
+        )
+        for a in names
+        for b in names
+        if a != b
     ]
     processes = []
     for i, name in enumerate(names):
@@ -271,15 +281,35 @@ def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSp
             for link in links
             if link.source == name and link.target == other
         }
-        argv = [sys.executable, "-m", "resilience.raft", "--id", str(i), "--host", "127.0.0.1",
-                "--client-port", str(client[name]), "--peer-port", str(peer[name]),
-                "--peers", json.dumps(peers), "--data-dir", f"{run_dir}/{name}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "resilience.raft",
+            "--id",
+            str(i),
+            "--host",
+            "127.0.0.1",
+            "--client-port",
+            str(client[name]),
+            "--peer-port",
+            str(peer[name]),
+            "--peers",
+            json.dumps(peers),
+            "--data-dir",
+            f"{run_dir}/{name}",
+        ]
         if spec.raft_config:
             argv += ["--config", json.dumps(spec.raft_config)]
-        processes.append(ProcessSpec(
-            name=name, kind="raft", argv=argv, ports={"http": client[name], "peer": peer[name]},
-            labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}"},
-            ready_path="/status"))
+        processes.append(
+            ProcessSpec(
+                name=name,
+                kind="raft",
+                argv=argv,
+                ports={"http": client[name], "peer": peer[name]},
+                labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}"},
+                ready_path="/status",
+            )
+        )
     return processes, links
 
 
@@ -292,31 +322,63 @@ def _etcd_layout(spec: ClusterSpec, ports, run_dir: str) -> list[ProcessSpec]:
 
     binary = shutil.which("etcd")
     if not binary:
-        raise ValueError("etcd binary not found on PATH: install the Debian package "
-                         "'etcd-server' (apt-get install etcd-server)")
+        raise ValueError(
+            "etcd binary not found on PATH: install the Debian package "
+            "'etcd-server' (apt-get install etcd-server)"
+        )
     names = spec.raft_names()
     client = {name: next(ports) for name in names}
     peer = {name: next(ports) for name in names}
     cluster = ",".join(f"{n}=http://127.0.0.1:{peer[n]}" for n in names)
     heartbeat = int(float(spec.raft_config.get("heartbeat_interval_s", 0.05)) * 1000)
     # etcd wants an election timeout of at least 5 heartbeats (it randomizes it up to 2x)
-    election = max(int(float(spec.raft_config.get("election_timeout_min_s", 0.15)) * 1000),
-                   5 * heartbeat)
+    election = max(
+        int(float(spec.raft_config.get("election_timeout_min_s", 0.15)) * 1000), 5 * heartbeat
+    )
     processes = []
     for i, name in enumerate(names):
-        argv = [binary, "--name", name, "--data-dir", f"{run_dir}/{name}",
-                "--listen-client-urls", f"http://127.0.0.1:{client[name]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{client[name]}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer[name]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer[name]}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--heartbeat-interval", str(heartbeat), "--election-timeout", str(election),
-                "--logger", "zap", "--log-level", "warn"]
-        processes.append(ProcessSpec(
-            name=name, kind="etcd", argv=argv, ports={"http": client[name], "peer": peer[name]},
-            labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}",
-                    "store": "etcd"},
-            ready_path="/version"))
+        argv = [
+            binary,
+            "--name",
+            name,
+            "--data-dir",
+            f"{run_dir}/{name}",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client[name]}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client[name]}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer[name]}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer[name]}",
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+            "--heartbeat-interval",
+            str(heartbeat),
+            "--election-timeout",
+            str(election),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
+        processes.append(
+            ProcessSpec(
+                name=name,
+                kind="etcd",
+                argv=argv,
+                ports={"http": client[name], "peer": peer[name]},
+                labels={
+                    "app": "metadata-store",
+                    "role": "raft",
+                    "node": f"node-{i % spec.nodes}",
+                    "store": "etcd",
+                },
+                ready_path="/version",
+            )
+        )
     return processes
 
 
