@@ -23,6 +23,7 @@ SHORT = {
     "load_users": 8,
     "load_duration": 14,
     "warmup_s": 4,
+    "prometheus_window_s": 25,
     "fault_duration": "5s",
     "nodes": 2,
     "gpus_per_node": 2,
