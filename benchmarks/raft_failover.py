@@ -21,27 +21,18 @@ etcd, ours-tick-matched, ours-default).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import Any
 
 from probes.raft.clients import make_client
+from probes.raft.localcluster import EtcdCluster, LocalRaftCluster, OurRaftCluster
 from probes.raft.observer import RaftObserver
 from probes.stats import quantiles
-from resilience.ports import free_ports
 
-REPO = Path(__file__).resolve().parent.parent
-STOP_WAIT_S = 5.0
 HEARTBEAT_MS = 50
 ELECTION_MS = 250
 #: Our store with etcd's timing: etcd draws each election timeout from [1x, 2x).
@@ -62,174 +53,6 @@ WARMUP_S = 0.3  # the observer sees the old leader and some writes before the ki
 MEASURE_TIMEOUT_S = 10.0
 
 
-# -- our store as member processes ------------------------------------------------------------
-
-
-@dataclass
-class Replica:
-    """One member of our store: its ports, data and process."""
-
-    id: int
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"raft-{self.id}"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
-class OurRaftCluster:
-    """`size` replicas of `python -m resilience.raft` on free loopback ports, with the same
-    verbs as tests/integration/etcd_cluster.py's EtcdCluster. Members are stopped by PID."""
-
-    def __init__(self, base_dir: Path, size: int = 3, config: dict[str, Any] | None = None):
-        self.base_dir = Path(base_dir)
-        self.config = dict(config or {})
-        ports = free_ports(2 * size)
-        self.members = [
-            Replica(
-                id=i,
-                client_port=ports[2 * i],
-                peer_port=ports[2 * i + 1],
-                data_dir=self.base_dir / f"raft-{i}",
-                log_path=self.base_dir / f"raft-{i}.log",
-            )
-            for i in range(size)
-        ]
-        self._http = httpx.Client(trust_env=False)
-
-    @property
-    def client_urls(self) -> list[str]:
-        return [m.client_url for m in self.members]
-
-    def member(self, name: str) -> Replica:
-        return next(m for m in self.members if m.name == name)
-
-    def start_member(self, name: str) -> None:
-        """Start (or restart, keeping its data) one replica."""
-        m = self.member(name)
-        if m.running():
-            return
-        peers = {str(o.id): f"http://127.0.0.1:{o.peer_port}" for o in self.members if o is not m}
-        argv = [
-            sys.executable, "-m", "resilience.raft", "--id", str(m.id), "--host", "127.0.0.1",
-            "--client-port", str(m.client_port), "--peer-port", str(m.peer_port),
-            "--peers", json.dumps(peers), "--data-dir", str(m.data_dir),
-            "--config", json.dumps(self.config),
-        ]  # fmt: skip
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        with m.log_path.open("ab") as log:
-            m.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def start(self, timeout_s: float = 15.0) -> OurRaftCluster:
-        for m in self.members:
-            self.start_member(m.name)
-        self.wait_for_leader(timeout_s)
-        return self
-
-    def status(self, name: str, timeout_s: float = 0.5) -> dict[str, Any] | None:
-        """The replica's `GET /status`, or None when it does not answer."""
-        try:
-            r = self._http.get(self.member(name).client_url + "/status", timeout=timeout_s)
-            return r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def leader(self) -> str | None:
-        """Name of the replica that says it leads (the first found)."""
-        for m in self.members:
-            if m.running():
-                s = self.status(m.name)
-                if s and s.get("role") == "leader":
-                    return m.name
-        return None
-
-    def wait_for_leader(self, timeout_s: float = 15.0) -> str:
-        """Wait until every running replica answers, names the same leader in the same term,
-        and has applied what that leader committed; returns the leader's name."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for m in self.members:
-                if m.process is not None and m.process.poll() not in (None, -signal.SIGKILL):
-                    raise RuntimeError(f"{m.name} exited: see {m.log_path}")
-            statuses = [self.status(m.name) for m in self.members if m.running()]
-            if statuses and all(statuses):
-                views = {(s["leader"], s["term"]) for s in statuses}  # type: ignore[index]
-                leaders = [s for s in statuses if s and s["role"] == "leader"]
-                if len(views) == 1 and len(leaders) == 1:
-                    commit = leaders[0]["commit_index"]
-                    if all(s and s["applied_index"] >= commit for s in statuses):
-                        return f"raft-{leaders[0]['id']}"
-            time.sleep(0.05)
-        raise TimeoutError(f"our store elected no agreed leader within {timeout_s} s")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to one replica by PID (SIGKILL, SIGSTOP, SIGCONT)."""
-        m = self.member(name)
-        if m.process is None:
-            raise RuntimeError(f"{name} was never started")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(m.process.pid, sig)
-        if sig == signal.SIGKILL:
-            m.process.wait(STOP_WAIT_S)
-
-    def stop(self) -> None:
-        """SIGKILL every replica by PID (a paused one dies too) and reap it."""
-        for m in self.members:
-            if m.running():
-                assert m.process is not None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(m.process.pid, signal.SIGKILL)
-        for m in self.members:
-            if m.process is not None:
-                m.process.wait(STOP_WAIT_S)
-        self._http.close()
-
-    def pids(self) -> list[int]:
-        return [m.pid for m in self.members if m.pid]
-
-    def __enter__(self) -> OurRaftCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-# -- the measurement ----------------------------------------------------------------------------
-
-
-class Cluster(Protocol):
-    """What the benchmark needs of either store's cluster helper."""
-
-    client_urls: list[str]
-
-    def leader(self) -> str | None: ...
-
-    def wait_for_leader(self, timeout_s: float = 15.0) -> str: ...
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None: ...
-
-    def start_member(self, name: str) -> None: ...
-
-
 @dataclass
 class Kill:
     """One leader kill as the observer saw it (seconds from the kill)."""
@@ -241,7 +64,7 @@ class Kill:
     problems: list[str]
 
 
-def measure_kill(cluster: Cluster, kind: str) -> Kill:
+def measure_kill(cluster: LocalRaftCluster, kind: str) -> Kill:
     """SIGKILL the leader and time the new leader and the first acknowledged write; then
     restart the victim and wait for a stable cluster."""
     victim = cluster.wait_for_leader()
@@ -277,7 +100,7 @@ def measure_kill(cluster: Cluster, kind: str) -> Kill:
     )
 
 
-def run_store(label: str, kind: str, cluster: Cluster, kills: int) -> list[Kill]:
+def run_store(label: str, kind: str, cluster: LocalRaftCluster, kills: int) -> list[Kill]:
     results = []
     for n in range(kills):
         k = measure_kill(cluster, kind)
@@ -306,10 +129,8 @@ def summary(kills: list[Kill]) -> dict[str, Any]:
     return out
 
 
-def etcd_cluster(base: Path) -> Any:
-    """tests/integration/etcd_cluster.py's 3 members with our heartbeat and election timeout."""
-    from tests.integration.etcd_cluster import EtcdCluster  # the helper the tests use
-
+def etcd_cluster(base: Path) -> EtcdCluster:
+    """The tests' 3 etcd members with our heartbeat and election timeout."""
     return EtcdCluster(base, heartbeat_ms=HEARTBEAT_MS, election_ms=ELECTION_MS)
 
 

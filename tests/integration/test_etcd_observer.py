@@ -18,7 +18,7 @@ from chaoslib.exceptions import ActivityFailed
 
 from probes import raft
 from probes.raft import actions
-from tests.integration.etcd_cluster import EtcdCluster
+from probes.raft.localcluster import EtcdCluster
 
 pytestmark = [
     pytest.mark.integration,

@@ -7,114 +7,48 @@ by its PID, a paused one is resumed first, and each test has its own data direct
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from resilience.ports import free_ports
+from probes.raft.localcluster import OurRaftCluster, Replica
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-@dataclass
-class Replica:
-    id: int
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
-
-    def start(self, peers: dict[int, str], config: dict[str, Any]) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "resilience.raft",
-            "--id",
-            str(self.id),
-            "--host",
-            "127.0.0.1",
-            "--client-port",
-            str(self.client_port),
-            "--peer-port",
-            str(self.peer_port),
-            "--peers",
-            json.dumps({str(k): v for k, v in peers.items()}),
-            "--data-dir",
-            str(self.data_dir),
-            "--config",
-            json.dumps(config),
-        ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signum)
-        if signum == signal.SIGSTOP:
-            self.paused = True
-        elif signum == signal.SIGCONT:
-            self.paused = False
-        elif signum == signal.SIGKILL:
-            self.proc.wait(timeout=5)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        if self.paused:
-            self.signal(signal.SIGCONT)
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-
-@dataclass
 class Cluster:
-    replicas: dict[int, Replica]
-    config: dict[str, Any]
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=2.0))
+    """The shared `OurRaftCluster` addressed by the replica ids its /status reports, with the
+    agreed-leader wait and HTTP clients these tests use."""
 
-    def peers_of(self, node_id: int) -> dict[int, str]:
-        return {
-            r.id: f"http://127.0.0.1:{r.peer_port}"
-            for r in self.replicas.values()
-            if r.id != node_id
-        }
+    def __init__(self, store: OurRaftCluster) -> None:
+        self.store = store
+        self.ids = [m.id for m in store.members]
+        self.http = httpx.Client(timeout=2.0)
+
+    def replica(self, node_id: int) -> Replica:
+        return next(m for m in self.store.members if m.id == node_id)
+
+    def url(self, node_id: int) -> str:
+        return self.replica(node_id).client_url
 
     def start(self, node_id: int) -> None:
-        self.replicas[node_id].start(self.peers_of(node_id), self.config)
+        self.store.start_member(self.replica(node_id).name)
+
+    def signal(self, node_id: int, signum: int) -> None:
+        self.store.kill(self.replica(node_id).name, signum)
 
     def status(self, node_id: int) -> dict[str, Any] | None:
-        try:
-            r = self.http.get(self.replicas[node_id].url + "/status", timeout=0.3)
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
+        return self.store.status(self.replica(node_id).name, timeout_s=0.3)
 
     def leader(self, among: list[int] | None = None, timeout: float = 5.0) -> dict[str, Any]:
         """The status of the one replica (of `among`) that says it leads and is agreed on."""
-        ids = among or list(self.replicas)
+        ids = among or self.ids
         found: dict[str, Any] = {}
 
         def agreed() -> bool:
@@ -131,7 +65,7 @@ class Cluster:
         return found
 
     def client(self, node_id: int) -> httpx.Client:
-        return httpx.Client(base_url=self.replicas[node_id].url, timeout=2.0, follow_redirects=True)
+        return httpx.Client(base_url=self.url(node_id), timeout=2.0, follow_redirects=True)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -145,30 +79,16 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def raft_cluster(tmp_path: Path, size: int = 3, **config: Any) -> Iterator[Cluster]:
-    ports = free_ports(2 * size)
-    replicas = {
-        i: Replica(
-            i,
-            ports[2 * (i - 1)],
-            ports[2 * (i - 1) + 1],
-            tmp_path / f"raft-{i}",
-            tmp_path / f"raft-{i}.log",
-        )
-        for i in range(1, size + 1)
-    }
-    cluster = Cluster(replicas, config)
+    """Replicas with `config`, stopped gracefully (SIGCONT + SIGTERM) by PID at the end."""
+    store = OurRaftCluster(tmp_path, size=size, config=config)
+    cluster = Cluster(store)
     try:
-        for node_id in replicas:
-            cluster.start(node_id)
-        wait_until(
-            lambda: all(cluster.status(i) for i in replicas), 15.0, "every replica serving /status"
-        )
+        store.start()
         yield cluster
     finally:
-        for replica in replicas.values():
-            replica.stop()
+        store.stop(graceful=True)
         cluster.http.close()
-        left = [r.proc.pid for r in replicas.values() if r.proc and r.proc.poll() is None]
+        left = [m.pid for m in store.members if m.running()]
         assert not left, f"replicas left running: {left}"
 
 
@@ -177,11 +97,11 @@ def first_ack(cluster: Cluster, ids: list[int], key: str, value: str, timeout: f
     deadline = time.monotonic() + timeout
     n = 0
     while time.monotonic() < deadline:
-        replica = cluster.replicas[ids[n % len(ids)]]
+        url = cluster.url(ids[n % len(ids)])
         n += 1
         try:
             r = cluster.http.put(
-                replica.url + f"/kv/{key}",
+                url + f"/kv/{key}",
                 json={"value": value},
                 timeout=0.5,
                 follow_redirects=True,
@@ -204,13 +124,13 @@ def metric(text: str, name: str) -> float:
 def test_writes_through_the_leader_are_read_everywhere_and_cas_holds(tmp_path: Path) -> None:
     with raft_cluster(tmp_path) as cluster:
         leader = cluster.leader()
-        followers = [i for i in cluster.replicas if i != leader["id"]]
-        assert leader["leader_url"] == cluster.replicas[leader["id"]].url
+        followers = [i for i in cluster.ids if i != leader["id"]]
+        assert leader["leader_url"] == cluster.url(leader["id"])
 
         with cluster.client(followers[0]) as via_follower:
             put = via_follower.put("/kv/config/a", json={"value": "1"})
             assert put.status_code == 200 and put.json()["revision"] == 1
-        for node_id in cluster.replicas:
+        for node_id in cluster.ids:
             with cluster.client(node_id) as c:
                 got = c.get("/kv/config/a")
                 assert got.status_code == 200, got.text
@@ -222,7 +142,7 @@ def test_writes_through_the_leader_are_read_everywhere_and_cas_holds(tmp_path: P
                 }
                 assert c.get("/kv/absent").status_code == 404
 
-        raw = cluster.http.get(cluster.replicas[followers[1]].url + "/kv/config/a")
+        raw = cluster.http.get(cluster.url(followers[1]) + "/kv/config/a")
         assert raw.status_code == 307
         assert raw.headers["location"] == leader["leader_url"] + "/kv/config/a"
         assert raw.json()["leader"] == leader["id"]
@@ -249,7 +169,7 @@ def test_writes_through_the_leader_are_read_everywhere_and_cas_holds(tmp_path: P
         assert metric(leader_metrics, "raft_is_leader") == 1
         assert metric(leader_metrics, "raft_term") == leader["term"]
         assert metric(leader_metrics, "raft_applied_index") >= 4
-        follower_metrics = cluster.http.get(cluster.replicas[followers[0]].url + "/metrics").text
+        follower_metrics = cluster.http.get(cluster.url(followers[0]) + "/metrics").text
         assert metric(follower_metrics, "raft_is_leader") == 0
         assert metric(follower_metrics, "raft_leader_changes_total") >= 1
 
@@ -260,10 +180,10 @@ def test_sigkill_of_the_leader_elects_a_new_one_within_a_second(tmp_path: Path) 
         with cluster.client(old["id"]) as c:
             for i in range(20):
                 assert c.put(f"/kv/k{i}", json={"value": str(i)}).status_code == 200
-        survivors = [i for i in cluster.replicas if i != old["id"]]
+        survivors = [i for i in cluster.ids if i != old["id"]]
 
         killed_at = time.monotonic()
-        cluster.replicas[old["id"]].signal(signal.SIGKILL)
+        cluster.signal(old["id"], signal.SIGKILL)
         acked_at = first_ack(cluster, survivors, "after", "1", timeout=5.0)
         assert acked_at - killed_at < 1.0, f"failover took {acked_at - killed_at:.3f}s"
 
@@ -278,13 +198,12 @@ def test_sigkill_of_the_leader_elects_a_new_one_within_a_second(tmp_path: Path) 
 def test_a_paused_leader_is_replaced_and_never_serves_a_stale_read(tmp_path: Path) -> None:
     with raft_cluster(tmp_path) as cluster:
         old = cluster.leader()
-        old_replica = cluster.replicas[old["id"]]
         assert (
             cluster.http.put(old["leader_url"] + "/kv/k", json={"value": "old"}).status_code == 200
         )
 
-        old_replica.signal(signal.SIGSTOP)
-        survivors = [i for i in cluster.replicas if i != old["id"]]
+        cluster.signal(old["id"], signal.SIGSTOP)
+        survivors = [i for i in cluster.ids if i != old["id"]]
         new = None
 
         def new_leader() -> bool:
@@ -302,14 +221,16 @@ def test_a_paused_leader_is_replaced_and_never_serves_a_stale_read(tmp_path: Pat
         # A read already waiting on the paused leader, then reads right after it resumes.
         answers: list[httpx.Response] = []
         reader = threading.Thread(
-            target=lambda: answers.append(cluster.http.get(old_replica.url + "/kv/k", timeout=5))
+            target=lambda: answers.append(
+                cluster.http.get(cluster.url(old["id"]) + "/kv/k", timeout=5)
+            )
         )
         reader.start()
         time.sleep(0.1)
-        old_replica.signal(signal.SIGCONT)
+        cluster.signal(old["id"], signal.SIGCONT)
         reader.join(timeout=6)
         for _ in range(10):
-            answers.append(cluster.http.get(old_replica.url + "/kv/k", timeout=5))
+            answers.append(cluster.http.get(cluster.url(old["id"]) + "/kv/k", timeout=5))
         for answer in answers:
             assert answer.status_code in (307, 503), answer.text
             assert "old" not in answer.text
@@ -322,13 +243,13 @@ def test_a_paused_leader_is_replaced_and_never_serves_a_stale_read(tmp_path: Pat
 def test_a_killed_follower_restarts_from_its_data_dir_and_catches_up(tmp_path: Path) -> None:
     with raft_cluster(tmp_path) as cluster:
         leader = cluster.leader()
-        follower = next(i for i in cluster.replicas if i != leader["id"])
+        follower = next(i for i in cluster.ids if i != leader["id"])
         with cluster.client(leader["id"]) as c:
             for i in range(10):
                 c.put(f"/kv/a{i}", json={"value": "1"})
             held_before = cluster.status(follower)
             assert held_before is not None
-            cluster.replicas[follower].signal(signal.SIGKILL)
+            cluster.signal(follower, signal.SIGKILL)
             for i in range(30):
                 assert c.put(f"/kv/b{i}", json={"value": "2"}).status_code == 200
             target = c.get("/status").json()["commit_index"]
@@ -348,8 +269,8 @@ def test_a_killed_follower_restarts_from_its_data_dir_and_catches_up(tmp_path: P
 def test_compaction_then_install_snapshot_for_a_replica_far_behind(tmp_path: Path) -> None:
     with raft_cluster(tmp_path, snapshot_threshold=20, snapshot_trailing_entries=0) as cluster:
         leader = cluster.leader()
-        follower = next(i for i in cluster.replicas if i != leader["id"])
-        cluster.replicas[follower].signal(signal.SIGKILL)
+        follower = next(i for i in cluster.ids if i != leader["id"])
+        cluster.signal(follower, signal.SIGKILL)
         with cluster.client(leader["id"]) as c:
             for i in range(70):
                 assert c.put(f"/kv/k{i}", json={"value": str(i)}).status_code == 200
@@ -357,7 +278,7 @@ def test_compaction_then_install_snapshot_for_a_replica_far_behind(tmp_path: Pat
             metrics = c.get("/metrics").text
         assert status["snapshot_index"] >= 60
         assert metric(metrics, "raft_snapshots_total") >= 3
-        log_size = (cluster.replicas[leader["id"]].data_dir / "log.bin").stat().st_size
+        log_size = (cluster.replica(leader["id"]).data_dir / "log.bin").stat().st_size
         assert log_size < 40 * 200  # compacted: far fewer than 70 entries remain on disk
 
         cluster.start(follower)
@@ -372,8 +293,8 @@ def test_compaction_then_install_snapshot_for_a_replica_far_behind(tmp_path: Pat
         assert caught_up is not None and caught_up["snapshot_index"] >= status["snapshot_index"]
 
         # Its store really holds the data: make it the leader by killing the current one.
-        cluster.replicas[leader["id"]].signal(signal.SIGKILL)
-        survivors = [i for i in cluster.replicas if i != leader["id"]]
+        cluster.signal(leader["id"], signal.SIGKILL)
+        survivors = [i for i in cluster.ids if i != leader["id"]]
         new = cluster.leader(among=survivors)
         with cluster.client(new["id"]) as c:
             assert [c.get(f"/kv/k{i}").json()["value"] for i in range(70)] == [
@@ -413,8 +334,8 @@ def test_five_replicas_elect_replicate_and_fail_over(tmp_path: Path) -> None:
         leader = cluster.leader()
         with cluster.client(leader["id"]) as c:
             assert c.put("/kv/five", json={"value": "1"}).status_code == 200
-        cluster.replicas[leader["id"]].signal(signal.SIGKILL)
-        survivors = [i for i in cluster.replicas if i != leader["id"]]
+        cluster.signal(leader["id"], signal.SIGKILL)
+        survivors = [i for i in cluster.ids if i != leader["id"]]
         first_ack(cluster, survivors, "five", "2", timeout=5.0)
         new = cluster.leader(among=survivors)
         assert new["term"] > leader["term"]

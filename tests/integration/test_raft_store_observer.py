@@ -5,90 +5,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from probes import raft
 from probes.raft import actions
-from resilience.ports import free_ports
+from probes.raft.localcluster import OurRaftCluster
 
 pytestmark = pytest.mark.integration
-
-STOP_WAIT_S = 5.0
-
-
-class OurRaftCluster:
-    """Three replicas on free loopback ports, each stopped by its PID."""
-
-    def __init__(self, base_dir: Path, size: int = 3, config: dict | None = None) -> None:
-        self.base_dir = base_dir
-        self.ids = list(range(1, size + 1))
-        ports = free_ports(2 * size)
-        self.client_port = {i: ports[2 * (i - 1)] for i in self.ids}
-        self.peer_port = {i: ports[2 * (i - 1) + 1] for i in self.ids}
-        self.config = config or {}
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.client_port[i]}"
-
-    @property
-    def client_urls(self) -> list[str]:
-        return [self.url(i) for i in self.ids]
-
-    def start(self, timeout_s: float = 15.0) -> OurRaftCluster:
-        for i in self.ids:
-            peers = {str(j): f"http://127.0.0.1:{self.peer_port[j]}" for j in self.ids if j != i}
-            log = (self.base_dir / f"raft-{i}.log").open("wb")
-            self.processes[i] = subprocess.Popen(
-                [
-                    sys.executable, "-m", "resilience.raft", "--id", str(i),
-                    "--host", "127.0.0.1", "--client-port", str(self.client_port[i]),
-                    "--peer-port", str(self.peer_port[i]), "--peers", json.dumps(peers),
-                    "--data-dir", str(self.base_dir / f"raft-{i}"),
-                    "--config", json.dumps(self.config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.leader() is not None and all(self.status(i) for i in self.ids):
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"our store elected no leader within {timeout_s} s")
-
-    def status(self, i: int) -> dict | None:
-        try:
-            r = httpx.get(self.url(i) + "/status", timeout=0.5, trust_env=False)
-            return r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def leader(self) -> int | None:
-        for i in self.ids:
-            if self.processes[i].poll() is None:
-                s = self.status(i)
-                if s and s.get("role") == "leader":
-                    return i
-        return None
-
-    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
-        self.processes[i].send_signal(sig)
-
-    def stop(self) -> None:
-        for p in self.processes.values():
-            if p.poll() is None:
-                p.kill()
-        for p in self.processes.values():
-            p.wait(STOP_WAIT_S)
 
 
 @pytest.fixture
@@ -101,7 +28,7 @@ def store(tmp_path: Path) -> Iterator[OurRaftCluster]:
         actions.stop_observer()
         if actions._recorder is not None:
             actions.stop_history()
-        assert all(p.poll() is not None for p in cluster.processes.values())
+        assert all(m.process is None or m.process.poll() is not None for m in cluster.members)
 
 
 def test_observer_measures_failover_of_our_store(store: OurRaftCluster, tmp_path: Path):
@@ -121,8 +48,9 @@ def test_observer_measures_failover_of_our_store(store: OurRaftCluster, tmp_path
     history = raft.stop_history(configuration=config)
 
     assert verdict["ok"] is True, verdict["problems"]
-    assert verdict["leader_before"]["leader"] == str(victim)
-    assert verdict["new_leader"]["leader"] != str(victim)
+    victim_id = str(store.member(victim).id)
+    assert verdict["leader_before"]["leader"] == victim_id
+    assert verdict["new_leader"]["leader"] != victim_id
     assert verdict["new_leader"]["term"] > verdict["leader_before"]["term"]
     assert 0.1 < verdict["failover_s"] < 2.0
     assert verdict["failover_s"] - 0.1 <= verdict["first_write_s"] < 3.0
@@ -140,19 +68,20 @@ def test_client_follows_redirects_and_does_not_hang_on_a_paused_replica(store: O
     from probes.raft.clients import OutcomeUnknown, RaftStoreClient, StatusUnavailable
 
     leader = store.leader()
-    follower, other = [i for i in store.ids if i != leader]
+    follower, other = [m.name for m in store.members if m.name != leader]
+    url = {m.name: m.client_url for m in store.members}
 
     async def scenario() -> tuple[str | None, float, float]:
-        client = RaftStoreClient([store.url(follower)], timeout_s=0.3)
+        client = RaftStoreClient([url[follower]], timeout_s=0.3)
         try:
             await client.put("redirected", "v1")  # answered 307 by the follower
             value = await client.get("redirected")
             store.kill(other, signal.SIGSTOP)
             began = time.monotonic()
             with pytest.raises(StatusUnavailable):
-                await client.status(store.url(other), 0.2)
+                await client.status(url[other], 0.2)
             status_s = time.monotonic() - began
-            paused = RaftStoreClient([store.url(other)], timeout_s=0.3)
+            paused = RaftStoreClient([url[other]], timeout_s=0.3)
             began = time.monotonic()
             with pytest.raises(OutcomeUnknown):
                 await paused.put("redirected", "v2")

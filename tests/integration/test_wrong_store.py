@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from benchmarks.raft_failover import OurRaftCluster
 from probes.linearizability import Verdict, check_file, counterexample_text, verdict_text
 from probes.raft.clients import OperationFailed, OutcomeUnknown, RaftStoreClient
+from probes.raft.localcluster import OurRaftCluster
 from resilience.state import pid_alive
 
 pytestmark = pytest.mark.integration
