@@ -30,6 +30,13 @@ __all__ = [
     "network_loss",
     "network_bandwidth",
     "network_partition",
+    "gpu_xid",
+    "gpu_hang",
+    "gpu_throttle",
+    "hbm_pressure",
+    "node_crash",
+    "node_pause",
+    "node_isolate",
     "recover",
     "recover_all",
     "list_faults",
@@ -283,6 +290,261 @@ def network_partition(
             raise ActivityFailed("target: expected {selector: ..., mode: ...}")
         params["target"] = target
     return _inject("network-partition", params, selector, mode, value, duration, configuration)
+
+
+# -- GPU faults: the worker's fault seam, on workers only ---------------------------------------
+
+WORKER_SELECTOR = {"labelSelectors": {"role": "worker"}}
+XID_EFFECTS: dict[int, dict[str, Any]] = {
+    # What NVIDIA documents each Xid doing to the GPU and the CUDA contexts on it. `set` goes to
+    # PUT /fault, `add` raises a counter, `recovery` says how the fault is undone.
+    13: {"meaning": "graphics engine exception", "set": {"healthy": False}, "recovery": "restart"},
+    31: {"meaning": "GPU memory page fault", "set": {"healthy": False}, "recovery": "restart"},
+    43: {"meaning": "GPU stopped processing", "set": {"hang": True}, "recovery": "reset"},
+    48: {
+        "meaning": "double-bit ECC error",
+        "set": {"healthy": False},
+        "add": {"ecc_dbe_volatile": 1},
+        "recovery": "reset",
+    },
+    79: {"meaning": "GPU has fallen off the bus", "set": {"healthy": False}, "recovery": "reset"},
+    94: {
+        "meaning": "contained ECC error",
+        "set": {},
+        "add": {"ecc_dbe_volatile": 1},
+        "recovery": "reset",
+    },
+    95: {
+        "meaning": "uncontained ECC error",
+        "set": {"healthy": False},
+        "add": {"ecc_dbe_volatile": 1},
+        "recovery": "reset",
+    },
+}
+
+
+def _only_workers(
+    selector: dict[str, Any] | None, mode: str, configuration: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A GPU fault's selector (default: the workers); one that matches anything but a worker is
+    refused before injection, whatever the mode would have picked, so a run never depends on
+    the luck of the draw."""
+    if selector is None:
+        return WORKER_SELECTOR
+    try:
+        backend = backend_for(configuration)
+        sel = Selector.from_spec(selector, mode=mode)
+    except (BackendError, SelectorError) as exc:
+        raise ActivityFailed(str(exc)) from None
+    others = sorted(
+        c.name for c in backend.candidates() if sel.matches(c) and c.labels.get("role") != "worker"
+    )
+    if others:
+        raise ActivityFailed(
+            f"GPU faults hit workers only; the selector also matches {', '.join(others)} "
+            "(add labelSelectors: {role: worker})"
+        )
+    return selector
+
+
+def _gpu_fault(
+    kind: str,
+    params: dict[str, Any],
+    selector: dict[str, Any] | None,
+    mode: str,
+    value: Any,
+    duration: Any,
+    configuration: dict[str, Any] | None,
+) -> dict[str, Any]:
+    selector = _only_workers(selector, mode, configuration)
+    params.setdefault("add", {})
+    params.setdefault("recovery", "reset")
+    return _inject(kind, params, selector, mode, value, duration, configuration)
+
+
+def gpu_xid(
+    xid: Any = 79,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Raise an NVIDIA Xid on the selected workers' GPUs with its consequences: 13/31 fail the
+    worker until its process restarts (recovery restarts it), 48/95 are uncorrectable ECC
+    (unhealthy), 79 is a GPU off the bus (unhealthy until the node reboots, i.e. recovery),
+    94 is a contained ECC error (in-flight requests fail, the GPU stays usable), 43 hangs."""
+    try:
+        number = int(xid)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(xid, bool) or number not in XID_EFFECTS:
+        supported = ", ".join(f"{n} ({e['meaning']})" for n, e in sorted(XID_EFFECTS.items()))
+        raise ActivityFailed(f"xid: {xid!r} is not supported; supported: {supported}")
+    effect = XID_EFFECTS[number]
+    params = {
+        "xid": number,
+        "set": {"xid": number, **effect["set"]},
+        "add": dict(effect.get("add", {})),
+        "recovery": effect["recovery"],
+    }
+    return _gpu_fault("gpu-xid", params, selector, mode, value, duration, configuration)
+
+
+def gpu_hang(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stall the GPU's engine while /health still says ok, as a stuck kernel does."""
+    params = {"set": {"hang": True}}
+    return _gpu_fault("gpu-hang", params, selector, mode, value, duration, configuration)
+
+
+def _positive(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ActivityFailed(f"{what}: {value!r} is not a number") from None
+    if isinstance(value, bool) or not number > 0:
+        raise ActivityFailed(f"{what}: must be > 0, got {value!r}")
+    return number
+
+
+def gpu_throttle(
+    slowdown: Any = 2.0,
+    sm_clock_mhz: Any = 900,
+    temperature_c: Any = 92,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Thermal or power throttling: clocks down, every decode step `slowdown` times longer."""
+    factor = _positive(slowdown, "slowdown")
+    if factor < 1:
+        raise ActivityFailed(f"slowdown: a throttled GPU is not faster, got {slowdown!r}")
+    params = {
+        "set": {
+            "slowdown": factor,
+            "sm_clock_mhz": _positive(sm_clock_mhz, "sm_clock_mhz"),
+            "temperature_c": _positive(temperature_c, "temperature_c"),
+        }
+    }
+    return _gpu_fault("gpu-throttle", params, selector, mode, value, duration, configuration)
+
+
+def hbm_pressure(
+    kv_capacity_factor: Any = 0.3,
+    fb_used_mib: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Something else holds HBM: the KV cache shrinks to `kv_capacity_factor` of its size, so
+    requests queue and, once they cannot fit at all, are refused. `fb_used_mib` (if given) is
+    what DCGM then reports as used; the worker checks it against the GPU's total."""
+    try:
+        factor = float(kv_capacity_factor)
+    except (TypeError, ValueError):
+        raise ActivityFailed(
+            f"kv_capacity_factor: {kv_capacity_factor!r} is not a number"
+        ) from None
+    if not 0 <= factor < 1:
+        raise ActivityFailed(f"kv_capacity_factor: must be within [0, 1), got {factor!r}")
+    gpu: dict[str, Any] = {"kv_capacity_factor": factor}
+    if fb_used_mib is not None:
+        gpu["fb_used_mib"] = _positive(fb_used_mib, "fb_used_mib")
+    params = {"set": gpu}
+    return _gpu_fault("hbm-pressure", params, selector, mode, value, duration, configuration)
+
+
+# -- node faults: every process of a node at once ----------------------------------------------
+
+
+def _node_fault(
+    kind: str,
+    params: dict[str, Any],
+    node: str | None,
+    selector: dict[str, Any] | None,
+    mode: str,
+    value: Any,
+    duration: Any,
+    configuration: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Choose nodes (by `node`, or `selector: {nodes: [...]}` and mode among node names), then
+    inject on every process labelled with them."""
+    if node is not None and selector is not None:
+        raise ActivityFailed("give either node or selector, not both")
+    spec = {"nodes": [node]} if node is not None else (selector or {})
+    if not isinstance(spec, dict) or set(spec) - {"nodes"}:
+        raise ActivityFailed("a node fault's selector takes only 'nodes' (a list of node names)")
+    try:
+        backend = backend_for(configuration)
+    except BackendError as exc:
+        raise ActivityFailed(str(exc)) from None
+    nodes = sorted({c.node for c in backend.candidates() if c.node})
+    try:
+        sel = Selector.from_spec(spec, mode="all" if node is not None else mode, value=value)
+        chosen = sel.select([Candidate(n, {"node": n}) for n in nodes])
+    except SelectorError as exc:
+        raise ActivityFailed(f"{exc} (nodes: {', '.join(nodes) or 'none'})") from None
+    params["nodes"] = [c.name for c in chosen]
+    return _inject(kind, params, {"nodes": params["nodes"]}, "all", None, duration, configuration)
+
+
+def node_crash(
+    node: str | None = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    restart_after: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A node dies: SIGKILL every process on it at once. They stay down until the fault is
+    recovered (the node is back) or, with `restart_after`, until the supervisor restarts them."""
+    after = None if restart_after is None else parse_seconds(restart_after, "restart_after")
+    params = {"restart_after": after}
+    return _node_fault("node-crash", params, node, selector, mode, value, duration, configuration)
+
+
+def node_pause(
+    node: str | None = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A node freezes (kernel stall, live migration): SIGSTOP every process on it."""
+    return _node_fault("node-pause", {}, node, selector, mode, value, duration, configuration)
+
+
+def node_isolate(
+    node: str | None = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A node drops off the network: blackhole every proxy link touching its processes, both
+    ways (its processes keep running, as behind a failed top-of-rack switch)."""
+    params = {"partition": "blackhole", "direction": "both"}
+    return _node_fault("node-isolate", params, node, selector, mode, value, duration, configuration)
 
 
 def recover(

@@ -50,6 +50,9 @@ GPU_MEMORY_UTILIZATION = 0.9  # vLLM preallocates this share of HBM at start-up
 MAX_SM_CLOCK_MHZ = 1980.0
 IDLE_POWER_W, MAX_POWER_W = 70.0, 700.0
 IDLE_TEMP_C, BUSY_TEMP_C = 36.0, 68.0
+# Xids after which the driver tears down the CUDA contexts on the GPU: the requests in flight
+# fail even when the GPU itself stays usable (94, a contained ECC error).
+CONTEXT_KILLING_XIDS = frozenset({13, 31, 94})
 
 
 # GPU fault seam ---------------------------------------------------------------------------------
@@ -644,6 +647,8 @@ class WorkerApp:
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             return web.json_response(RequestError(str(exc)).body(), status=400)
         engine.set_gpu(new_state)
+        if changes.get("xid") in CONTEXT_KILLING_XIDS:  # the PUT reports the Xid event itself
+            engine.fail_all(f"CUDA error: contexts lost (Xid {changes['xid']})")
         log.warning("worker %s GPU state changed: %s", self.name, changes)
         return web.json_response(new_state.to_json())
 

@@ -2,7 +2,9 @@
 
 Kill and pause are signals sent from here to the victim's pid; the supervisor is told first
 whether to bring a killed process back (Chaos Mesh's pod-kill lets the ReplicaSet restart it).
-Network faults become fault-proxy rules on every link into or out of a victim.
+Network faults become fault-proxy rules on every link into or out of a victim. GPU faults go to
+the worker's own fault seam (`PUT /fault`, never through the proxy, so they work under a
+partition). Node faults are the same kill, pause and partition applied to every process of a node.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from resilience.state import pid_alive, read_state
 
 NETWORK_KINDS = ("network-delay", "network-loss", "network-bandwidth", "network-partition")
 PROCESS_KINDS = ("pod-kill", "pod-pause")
+GPU_KINDS = ("gpu-xid", "gpu-hang", "gpu-throttle", "hbm-pressure")
+NODE_KINDS = ("node-crash", "node-pause", "node-isolate")
+KILL_KINDS = ("pod-kill", "node-crash")
+PAUSE_KINDS = ("pod-pause", "node-pause")
+PARTITION_KINDS = (*NETWORK_KINDS, "node-isolate")
 FLIP = {"to": "from", "from": "to", "both": "both"}
 
 
@@ -51,7 +58,7 @@ class LocalBackend:
             self.state = state
 
     def supports(self, kind: str) -> bool:
-        return kind in NETWORK_KINDS or kind in PROCESS_KINDS
+        return kind in NETWORK_KINDS or kind in PROCESS_KINDS or kind in GPU_KINDS + NODE_KINDS
 
     def candidates(self) -> list[Candidate]:
         """Processes with their labels; store replicas also carry their live `raft-role`,
@@ -120,28 +127,36 @@ class LocalBackend:
     # -- the three verbs ----------------------------------------------------------------------
     def inject(self, record: FaultRecord) -> dict[str, Any]:
         self.refresh()
-        if record.kind == "pod-kill":
+        if record.kind in KILL_KINDS:
             return self._kill(record)
-        if record.kind == "pod-pause":
+        if record.kind in PAUSE_KINDS:
             return self._pause(record)
-        if record.kind in NETWORK_KINDS:
+        if record.kind in PARTITION_KINDS:
             return self._network(record)
+        if record.kind in GPU_KINDS:
+            return self._gpu(record)
         raise BackendError(f"unknown fault kind {record.kind!r} for the local backend")
 
     def recover(self, record: FaultRecord) -> None:
         self.refresh()
-        if record.kind == "pod-kill":
+        if record.kind in KILL_KINDS:
             for name in record.victims:
                 self._supervisor(f"/processes/{name}/release")
-        elif record.kind == "pod-pause":
+        elif record.kind in PAUSE_KINDS:
             for pid in record.details.get("pids", {}).values():
                 try:
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass  # died while paused: the supervisor restarts it
-        elif record.kind in NETWORK_KINDS:
+        elif record.kind in PARTITION_KINDS:
             for rule in record.details.get("rules") or [{"id": record.id}]:
                 self._proxy("DELETE", f"/faults/{rule['id']}")
+        elif record.kind in GPU_KINDS:
+            for name in record.victims:
+                if record.params.get("recovery") == "restart":
+                    self._restart(name)
+                else:
+                    self._worker(name, "DELETE")
 
     def describe(self, record: FaultRecord) -> dict[str, Any]:
         return {
@@ -156,14 +171,15 @@ class LocalBackend:
         restart_after = record.params.get("restart_after")
         pids: dict[str, int] = {}
         for name in record.victims:
-            proc = self._process(name)
-            pid = proc.get("pid")
+            pid = self._process(name).get("pid")
             if not pid or not pid_alive(pid):
                 raise BackendError(f"{name} is not running; nothing to kill")
-            until = None if restart_after is None else time.time() + float(restart_after)
-            self._supervisor(f"/processes/{name}/hold", {"until": until})
-            os.kill(pid, signal.SIGKILL)
             pids[name] = pid
+        until = None if restart_after is None else time.time() + float(restart_after)
+        for name in pids:  # held first, so the victims die together (a node crash) and stay dead
+            self._supervisor(f"/processes/{name}/hold", {"until": until})
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
         for name, pid in pids.items():  # injected means dead, not merely signalled
             _wait_until(lambda pid=pid: not pid_alive(pid), f"{name} (pid {pid}) to die")
         return {"pids": pids, "signal": "SIGKILL", "restart_after": restart_after}
@@ -186,6 +202,42 @@ class LocalBackend:
                 os.kill(pid, signal.SIGCONT)
             raise
         return {"pids": pids, "signal": "SIGSTOP"}
+
+    def _worker(self, name: str, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fault seam on the worker's own port (not the proxy's link)."""
+        proc = self._process(name)
+        if proc["labels"].get("role") != "worker":
+            raise BackendError(f"{name} is not a worker; GPU faults hit workers only")
+        url = f"http://127.0.0.1:{proc['ports']['http']}/fault"
+        try:
+            r = httpx.request(method, url, json=body, timeout=self.timeout, trust_env=False)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"worker {name} at {url} did not answer: {exc}") from exc
+        if r.status_code >= 400:
+            raise BackendError(f"worker {name} refused the GPU fault ({r.status_code}): {r.text}")
+        return r.json()
+
+    def _gpu(self, record: FaultRecord) -> dict[str, Any]:
+        """PUT the fault's fields on each victim; counters (`add`) go up from their value now."""
+        before: dict[str, dict[str, Any]] = {}
+        for name in record.victims:
+            current = self._worker(name, "GET")
+            changes = dict(record.params.get("set", {}))
+            for key, amount in (record.params.get("add") or {}).items():
+                changes[key] = current.get(key, 0) + amount
+            self._worker(name, "PUT", changes)
+            before[name] = current
+        return {"before": before, "pids": {n: self._process(n).get("pid") for n in before}}
+
+    def _restart(self, name: str) -> None:
+        """What clears an application-fatal Xid: the process dies and the supervisor starts a
+        fresh one now (pod-kill's hold, kill and release)."""
+        pid = self._process(name).get("pid")
+        if pid and pid_alive(pid):
+            self._supervisor(f"/processes/{name}/hold", {"until": None})
+            os.kill(pid, signal.SIGKILL)
+            _wait_until(lambda: not pid_alive(pid), f"{name} (pid {pid}) to die")
+        self._supervisor(f"/processes/{name}/release")
 
     def _network(self, record: FaultRecord) -> dict[str, Any]:
         """One proxy rule per fault over every link that touches a victim."""
