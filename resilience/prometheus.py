@@ -8,6 +8,7 @@ add itself while a run is going on.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,11 @@ MISSING = (
     "prometheus binary not found on PATH: install the Debian package 'prometheus' "
     "(apt-get install prometheus) or run scripts/setup.sh"
 )
+
+
+# Shipped in the package (pyproject package-data); absolute, since Prometheus resolves a relative
+# rule path against the config file's folder, which is the run folder.
+ALERT_RULES = Path(__file__).resolve().parent / "alerts" / "inference-chaos.rules.yml"
 
 
 class PrometheusMissing(RuntimeError):
@@ -30,13 +36,19 @@ def find_prometheus() -> str:
     return path
 
 
-def render_config(targets_dir: str | Path, scrape_interval: str = "1s") -> str:
+def render_config(
+    targets_dir: str | Path,
+    scrape_interval: str = "1s",
+    rule_files: Sequence[str | Path] = (ALERT_RULES,),
+) -> str:
+    """Prometheus config: file_sd targets in `targets_dir`, the harness's alert rules loaded."""
     config = {
         "global": {
             "scrape_interval": scrape_interval,
             "evaluation_interval": scrape_interval,
             "scrape_timeout": scrape_interval,
         },
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [
             {
                 "job_name": "inference-chaos",
