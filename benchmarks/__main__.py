@@ -13,6 +13,7 @@ BENCHMARKS = [
     "checker",
     "raft_failover",
     "raft_writes",
+    "migration",
 ]
 
 
