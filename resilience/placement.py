@@ -20,6 +20,7 @@ with what it reads from the store and get the same answer its predecessor would 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Iterable, Mapping
@@ -142,9 +143,11 @@ class _Cluster:
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.free: dict[str, set[int]] = {}
         self.capacity: dict[str, int] = {}
+        seen: set[str] = set()
         for node in nodes:
-            if node.id in self.free:
+            if node.id in seen:
                 raise ValueError(f"node {node.id} listed twice")
+            seen.add(node.id)
             healthy = node.healthy_gpus()
             if healthy:
                 self.free[node.id] = set(healthy)
@@ -152,6 +155,8 @@ class _Cluster:
         self.total_capacity = sum(self.capacity.values())
         self.total_used = 0
         self.tasks_on: dict[str, dict[str, Task]] = {node: {} for node in self.free}
+        # every node, failed or not: the ring over them stays the same when one fails
+        self.known = tuple(sorted(seen))
 
     def used(self, node: str) -> int:
         return self.capacity[node] - len(self.free[node])
@@ -255,7 +260,7 @@ def place(
         else:
             heapq.heappush(pending, (-task.gpus, task.id, task))
 
-    ring = BoundedLoadRing(cluster.free, vnodes=vnodes, load_factor=load_factor)
+    ring = _ring(cluster.known, vnodes, load_factor)
     unplaceable: list[str] = []
     while pending:
         # Biggest first; ids break ties so the answer is the same on every controller.
@@ -277,12 +282,24 @@ def place(
     return Assignment(placements, sorted(unplaceable))
 
 
+@functools.lru_cache(maxsize=8)
+def _ring(nodes: tuple[str, ...], vnodes: int, load_factor: float) -> BoundedLoadRing:
+    """The ring over every known node, failed ones included, kept between calls: building it
+    is the dominant cost at thousands of nodes, and a failure leaves the node set unchanged
+    (a walk just passes over nodes with no room). Only `walk` is used, which reads the ring."""
+    return BoundedLoadRing(nodes, vnodes=vnodes, load_factor=load_factor)
+
+
 def _ring_choice(
     ring: BoundedLoadRing, cluster: _Cluster, task: Task, load_factor: float
 ) -> str | None:
-    for probes, node in enumerate(ring.walk(task.id)):
+    probes = 0
+    for node in ring.walk(task.id):
+        if node not in cluster.free:
+            continue  # failed, or no healthy GPU: not a candidate, and not a probe spent
         if probes >= RING_PROBES:
             return None
+        probes += 1
         if cluster.fits(node, task.gpus) and cluster.within_bound(node, task.gpus, load_factor):
             return node
     return None
