@@ -96,6 +96,9 @@ def start_load(
     ramp: float = 0,
     max_tokens: int = 32,
     sessions: int = 200,
+    spike_users: int = 0,
+    spike_at: float = 0,
+    spike_duration: float = 0,
     out_dir: str | None = None,
     prometheus_targets_dir: str | None = None,
     configuration: dict | None = None,
@@ -121,6 +124,9 @@ def start_load(
             ramp=float(ramp),
             max_tokens=int(max_tokens),
             sessions=int(sessions),
+            spike_users=int(spike_users),
+            spike_at=float(spike_at),
+            spike_duration=float(spike_duration),
         )
     except (TypeError, ValueError) as exc:
         raise ActivityFailed(f"start_load: {exc}") from exc

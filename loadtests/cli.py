@@ -57,6 +57,9 @@ def run_load(
     sessions: int = 200,
     think_time: float = 0.0,
     model: str | None = None,
+    spike_users: int = 0,
+    spike_at: float = 0.0,
+    spike_duration: float = 0.0,
 ) -> dict[str, Any]:
     """Run load for `duration` seconds and return the summary (plain data) plus paths.
 
@@ -72,6 +75,9 @@ def run_load(
         max_tokens=max_tokens,
         sessions=sessions,
         think_time=think_time,
+        spike_users=spike_users,
+        spike_at=spike_at,
+        spike_duration=spike_duration,
         **({"model": model} if model else {}),
     )
     out_path = Path(out).resolve()
@@ -130,6 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="JSON-lines file for the raw records")
     parser.add_argument("--shape", choices=SHAPES, default="constant", help="load shape")
     parser.add_argument("--ramp", type=float, default=0.0, help="ramp seconds (shape ramp)")
+    parser.add_argument("--spike-users", type=int, default=0, help="users in the spike")
+    parser.add_argument("--spike-at", type=float, default=0.0, help="spike start, seconds")
+    parser.add_argument("--spike-duration", type=float, default=0.0, help="spike length, s")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens per request")
     parser.add_argument("--sessions", type=int, default=200, help="distinct session keys")
     parser.add_argument("--think-time", type=float, default=0.0, help="mean pause, seconds")
@@ -149,6 +158,9 @@ def main(args: argparse.Namespace) -> int:
             sessions=args.sessions,
             think_time=args.think_time,
             model=args.model,
+            spike_users=args.spike_users,
+            spike_at=args.spike_at,
+            spike_duration=args.spike_duration,
         )
     except (LoadTargetUnreachable, ValueError) as exc:
         print(f"inference-chaos load: error: {exc}", file=sys.stderr)

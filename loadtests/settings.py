@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-SHAPES = ("constant", "ramp")
+SHAPES = ("constant", "ramp", "spike")
 
 # Field name -> environment variable.
 ENV_NAMES: dict[str, str] = {
@@ -21,6 +21,9 @@ ENV_NAMES: dict[str, str] = {
     "users": "INFERENCE_CHAOS_USERS",
     "duration": "INFERENCE_CHAOS_DURATION",
     "ramp": "INFERENCE_CHAOS_RAMP",
+    "spike_users": "INFERENCE_CHAOS_SPIKE_USERS",
+    "spike_at": "INFERENCE_CHAOS_SPIKE_AT",
+    "spike_duration": "INFERENCE_CHAOS_SPIKE_DURATION",
     "spawn_rate": "INFERENCE_CHAOS_SPAWN_RATE",
     "max_tokens": "INFERENCE_CHAOS_MAX_TOKENS",
     "sessions": "INFERENCE_CHAOS_SESSIONS",
@@ -36,6 +39,9 @@ ENV_NAMES: dict[str, str] = {
 class LoadSettings:
     """What one load run does. Durations and times are seconds.
 
+    Shape `spike` runs `users` users, jumps to `spike_users` at `spike_at` seconds for
+    `spike_duration` seconds (a flood), then falls back to `users`.
+
     `think_time` is the pause between a user's requests (0: back to back). `deadline` is a Unix
     time at which the Locust process exits whatever it is doing: the last guard against a load
     generator that outlives its run.
@@ -45,6 +51,9 @@ class LoadSettings:
     duration: float = 60.0
     shape: str = "constant"
     ramp: float = 0.0
+    spike_users: int = 0
+    spike_at: float = 0.0
+    spike_duration: float = 0.0
     spawn_rate: float | None = None
     max_tokens: int = 32
     sessions: int = 200
@@ -65,6 +74,12 @@ class LoadSettings:
             raise ValueError("duration must be positive")
         if self.ramp < 0 or self.think_time < 0:
             raise ValueError("ramp and think_time cannot be negative")
+        if self.shape == "spike" and (
+            self.spike_users <= self.users or self.spike_at < 0 or self.spike_duration <= 0
+        ):
+            raise ValueError(
+                "a spike needs spike_users > users, spike_at >= 0 and spike_duration > 0"
+            )
         if self.max_tokens < 1 or self.sessions < 1:
             raise ValueError("max_tokens and sessions must be at least 1")
 
@@ -72,7 +87,8 @@ class LoadSettings:
     def effective_spawn_rate(self) -> float:
         """Users started per second: all within a second unless told otherwise, but at most
         100 a second, above which Locust warns that spawning itself disturbs the run."""
-        return self.spawn_rate if self.spawn_rate else float(min(self.users, 100))
+        peak = max(self.users, self.spike_users)
+        return self.spawn_rate if self.spawn_rate else float(min(peak, 100))
 
     def to_env(self) -> dict[str, str]:
         """Every variable, set explicitly (empty for unset) so nothing leaks from the parent."""

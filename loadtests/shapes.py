@@ -58,11 +58,26 @@ class RampShape(ConstantShape):
         return target, max(1.0, (s.users - 1) / s.ramp)
 
 
+class SpikeShape(ConstantShape):
+    """`users` users, a flood of `spike_users` from `spike_at` for `spike_duration`, then back:
+    the load an autoscaler must see coming (users arrive within a second, as in a real flood)."""
+
+    abstract = True
+
+    def tick(self) -> tuple[int, float] | None:
+        s = self.settings
+        elapsed = self.get_run_time()
+        if _stop_requested or elapsed >= s.duration:
+            return None
+        in_spike = s.spike_at <= elapsed < s.spike_at + s.spike_duration
+        return (s.spike_users if in_spike else s.users), s.effective_spawn_rate
+
+
 def shape_class_for(settings: LoadSettings) -> type[LoadTestShape]:
     """A concrete shape class bound to the settings, for the locustfile to expose.
 
     Locust instantiates shape classes without arguments, hence the settings on the class.
     """
-    base = {"constant": ConstantShape, "ramp": RampShape}[settings.shape]
+    base = {"constant": ConstantShape, "ramp": RampShape, "spike": SpikeShape}[settings.shape]
     name = base.__name__.replace("Shape", "LoadShape")
     return type(name, (base,), {"abstract": False, "bound_settings": settings})

@@ -182,6 +182,32 @@ print(json.dumps(ticks))
     assert users == {"0": 1, "2": 3, "4": 5, "7.9": 8, "8": 9, "15": 9, "20": None}
 
 
+def test_spike_shape_floods_then_falls_back():
+    script = """
+import json
+from loadtests.settings import LoadSettings
+from loadtests.shapes import shape_class_for
+settings = LoadSettings(
+    users=4, duration=30, shape="spike", spike_users=20, spike_at=10, spike_duration=8
+)
+shape = shape_class_for(settings)()
+ticks = {}
+for t in (0, 9.9, 10, 17.9, 18, 29, 30):
+    shape.get_run_time = lambda t=t: t
+    ticks[str(t)] = shape.tick()
+print(json.dumps(ticks))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    ticks = json.loads(done.stdout.strip().splitlines()[-1])
+    users = {t: (tick[0] if tick else None) for t, tick in ticks.items()}
+    assert users == {"0": 4, "9.9": 4, "10": 20, "17.9": 20, "18": 4, "29": 4, "30": None}
+    assert ticks["10"][1] == 20.0  # the flood arrives within a second
+    with pytest.raises(ValueError, match="spike_users > users"):
+        LoadSettings(users=4, shape="spike", spike_users=4, spike_duration=5)
+
+
 def test_actions_start_wait_and_stop_with_configuration_fallbacks(stub, tmp_path, monkeypatch):
     monkeypatch.setattr(actions, "_current", None)
     with pytest.raises(actions.ActivityFailed):
