@@ -46,6 +46,7 @@ class BatchingConfig:
     reasoning_tokens: int = 0
     jitter_fraction: float = 0.05
     seed: int = 0
+    model_load_s: float = 0.2  # a task's model load (PUT /task) when the body names no load_s
 
     def __post_init__(self) -> None:
         for name in ("prefill_base_s", "prefill_s_per_token", "decode_step_per_seq_s"):
@@ -64,6 +65,8 @@ class BatchingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reasoning_tokens < 0:
             raise ValueError("reasoning_tokens must be >= 0")
+        if self.model_load_s < 0:
+            raise ValueError("model_load_s must be >= 0")
         if not 0 <= self.jitter_fraction < 1:
             raise ValueError("jitter_fraction must be in [0, 1)")
         if self.max_model_len > self.kv_cache_tokens:

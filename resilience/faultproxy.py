@@ -7,6 +7,9 @@ holds chunks until the active faults of that direction let them go (see
 
     python -m resilience.faultproxy --host 127.0.0.1 --control-port P --links FILE
 
+Links come from the file at start and from ``PUT /links/{name}`` / ``DELETE /links/{name}`` at
+run time (a node added to or removed from the cluster).
+
 What each fault does to the bytes (faults change live, open connections included):
 
 - delay/jitter: each chunk is held until now + sampled delay, never overtaking the previous
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -44,7 +48,7 @@ import signal
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,19 +95,30 @@ class LinkSpec:
     upstream_port: int
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LinkSpec:
-        try:
-            spec = cls(
-                name=str(data["name"]),
-                source=str(data["source"]),
-                target=str(data["target"]),
-                listen_port=int(data["listen_port"]),
-                upstream_host=str(data["upstream_host"]),
-                upstream_port=int(data["upstream_port"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"bad link entry {data!r}: {exc!r}") from exc
-        return spec
+    def from_json(cls, data: Any, *, name: str | None = None) -> LinkSpec:
+        """Validate one entry; `name` (from the URL of ``PUT /links``) may stand in for its own.
+
+        Raises ValueError with a one-line message naming the offending field.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a link must be a JSON object, got {type(data).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown link field(s) {unknown}; allowed: {fields}")
+        values = dict(data)
+        if name is not None:
+            body_name = values.setdefault("name", name)
+            if body_name != name:
+                raise ValueError(f"name in body {body_name!r} differs from name in path {name!r}")
+        for key in fields:
+            value = values.get(key)
+            if key.endswith("_port"):
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+                    raise ValueError(f"{key!r} must be a port number (1-65535), got {value!r}")
+            elif not isinstance(value, str) or not value:
+                raise ValueError(f"{key!r} must be a non-empty string, got {value!r}")
+        return cls(**values)
 
 
 def load_links(path: Path) -> list[LinkSpec]:
@@ -136,6 +151,10 @@ def _abort_with_rst(transport: asyncio.BaseTransport | None) -> None:
         except OSError:
             pass  # already closed underneath us
     transport.abort()  # type: ignore[attr-defined]
+
+
+class LinkConflict(Exception):
+    """A link cannot be added: its name or listen port is taken, or the port cannot be bound."""
 
 
 class Link:
@@ -523,15 +542,77 @@ class FaultProxy:
         self.links: dict[str, Link] = {spec.name: Link(spec) for spec in specs}
         self.faults: dict[str, LinkFault] = {}
         self.loop = asyncio.get_running_loop()
+        self._links_changing = asyncio.Lock()  # one add or remove at a time: binds are awaited
 
     async def start(self) -> None:
         for link in self.links.values():
-            link.server = await self.loop.create_server(
-                lambda link=link: _ClientSide(self, link),
-                self.host,
-                link.spec.listen_port,
-                reuse_address=True,
-            )
+            link.server = await self._listen(link)
+
+    async def _listen(self, link: Link) -> asyncio.Server:
+        return await self.loop.create_server(
+            lambda: _ClientSide(self, link),
+            self.host,
+            link.spec.listen_port,
+            reuse_address=True,
+        )
+
+    async def add_link(self, spec: LinkSpec) -> tuple[Link, bool]:
+        """Start listening for a link added at run time; answers the link and whether it is new.
+
+        The same spec again changes nothing. Another spec under the same name and listen port
+        replaces the link's ends (new connections use them, open ones keep theirs); another listen
+        port, or a port another link or process holds, raises `LinkConflict`.
+        """
+        async with self._links_changing:
+            existing = self.links.get(spec.name)
+            if existing is not None:
+                if existing.spec.listen_port != spec.listen_port:
+                    raise LinkConflict(
+                        f"link {spec.name!r} exists with listen port "
+                        f"{existing.spec.listen_port}, not {spec.listen_port}"
+                    )
+                if existing.spec != spec:
+                    LOG.info("link %s now %s", spec.name, json.dumps(asdict(spec)))
+                    existing.spec = spec
+                return existing, False
+            for other in self.links.values():
+                if other.spec.listen_port == spec.listen_port:
+                    raise LinkConflict(
+                        f"listen port {spec.listen_port} belongs to link {other.spec.name!r}"
+                    )
+            link = Link(spec)
+            try:
+                link.server = await self._listen(link)
+            except OSError as exc:
+                raise LinkConflict(
+                    f"cannot listen on {self.host}:{spec.listen_port}: {exc.strerror or exc}"
+                ) from exc
+            self.links[spec.name] = link
+            LOG.info("added link %s", json.dumps(asdict(spec)))
+            return link, True
+
+    async def remove_link(self, name: str) -> tuple[Link, int]:
+        """Stop a link's listener, reset its open connections and take it out of every fault.
+
+        Raises KeyError for an unknown link. Answers the link and how many connections it cut:
+        they are reset rather than closed, as the process behind the link is gone with it.
+        """
+        async with self._links_changing:
+            link = self.links.pop(name)
+            for fault_id, fault in list(self.faults.items()):
+                if name in fault.links:
+                    # A fault left with no link stays listed (inert) until its owner removes it.
+                    remaining = tuple(n for n in fault.links if n != name)
+                    self.faults[fault_id] = dataclasses.replace(fault, links=remaining)
+            if link.server is not None:
+                link.server.close()
+            cut = list(link.connections)
+            for conn in cut:
+                conn.reset()
+            if link.server is not None:
+                await link.server.wait_closed()
+            LOG.info("removed link %s (%d connections reset)", name, len(cut))
+            return link, len(cut)
 
     async def stop(self) -> None:
         for link in self.links.values():
@@ -627,6 +708,30 @@ def build_app(proxy: FaultProxy) -> web.Application:
     @routes.get("/links")
     async def get_links(_: web.Request) -> web.Response:
         return web.json_response([link.describe() for link in proxy.links.values()])
+
+    @routes.put("/links/{name}")
+    async def put_link(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad_request("the body must be a JSON object")
+        try:
+            spec = LinkSpec.from_json(body, name=request.match_info["name"])
+            link, _ = await proxy.add_link(spec)
+        except ValueError as exc:
+            return _bad_request(str(exc))
+        except LinkConflict as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        return web.json_response(link.describe())
+
+    @routes.delete("/links/{name}")
+    async def delete_link(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            link, cut = await proxy.remove_link(name)
+        except KeyError:
+            return web.json_response({"error": f"no link {name!r}"}, status=404)
+        return web.json_response({**link.describe(), "closed_connections": cut})
 
     @routes.get("/faults")
     async def get_faults(_: web.Request) -> web.Response:

@@ -65,7 +65,7 @@ class GatewayConfig:
     health_interval_s: float = 0.5
     health_timeout_s: float = 0.5
     health_path: str = "/health"
-    routing_interval_s: float = 1.0  # how often the routing table is read from the store
+    routing_interval_s: float = 0.25  # how often the routing table is read from the store
     consecutive_failures: int = _D.consecutive_failures
     base_ejection_s: float = _D.base_ejection_s
     max_ejection_s: float = _D.max_ejection_s
@@ -345,7 +345,7 @@ class Gateway:
     async def _routing_loop(self) -> None:
         """Follow the routing table in the store; keep the last one while it is unreachable."""
         interval = self.config.routing_interval_s
-        timeout = aiohttp.ClientTimeout(total=min(1.0, interval))
+        timeout = aiohttp.ClientTimeout(total=max(1.0, interval))
         current = None
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:

@@ -8,6 +8,9 @@ is generated for real; the timing, queueing, metrics and failure modes are the p
 
 GPU faults enter through `GpuState` (``GET/PUT/DELETE /fault``): the fault actions flip its fields
 and the engine, ``/health`` and the DCGM metrics react as a real GPU's would.
+
+The controllers place tasks (model replicas) through ``GET/PUT/DELETE /task`` (`TaskSlot`): a
+worker loads a task for ``load_s`` seconds, refusing chat requests meanwhile, then serves it.
 """
 
 import argparse
@@ -15,13 +18,14 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -35,10 +39,13 @@ __all__ = [
     "GpuState",
     "RequestError",
     "SequenceState",
+    "TaskSlot",
+    "TaskStatus",
     "count_prompt_tokens",
     "create_app",
     "main",
     "parse_chat_request",
+    "parse_task_request",
 ]
 
 log = logging.getLogger("resilience.worker")
@@ -53,6 +60,7 @@ IDLE_TEMP_C, BUSY_TEMP_C = 36.0, 68.0
 # Xids after which the driver tears down the CUDA contexts on the GPU: the requests in flight
 # fail even when the GPU itself stays usable (94, a contained ECC error).
 CONTEXT_KILLING_XIDS = frozenset({13, 31, 94})
+CHAT_PATH = "/v1/chat/completions"
 
 
 # GPU fault seam ---------------------------------------------------------------------------------
@@ -176,6 +184,107 @@ def parse_chat_request(body: Any, config: BatchingConfig) -> ChatRequest:
             param="max_tokens",
         )
     return ChatRequest(prompt_tokens, max_tokens, stream, include_usage)
+
+
+# Task seam --------------------------------------------------------------------------------------
+
+TaskState = Literal["idle", "loading", "serving"]
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """What ``GET /task`` answers: the task this worker holds, its state, and since when (Unix)."""
+
+    id: str | None = None
+    state: TaskState = "idle"
+    since: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_task_request(body: Any, default_load_s: float) -> tuple[str, float]:
+    """The task id and load time of a ``PUT /task`` body; `RequestError` (400) on anything wrong.
+
+    Unknown keys are refused like everywhere else here: a controller's typo must fail loudly.
+    """
+    if not isinstance(body, dict):
+        raise RequestError("the task body must be a JSON object")
+    unknown = sorted(set(body) - {"id", "load_s"})
+    if unknown:
+        raise RequestError(f"unknown task key(s): {', '.join(unknown)}; known keys: id, load_s")
+    task_id = body.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        raise RequestError("'id' must be a non-empty string", param="id")
+    load_s = body.get("load_s")
+    if load_s is None:
+        return task_id, default_load_s
+    if (
+        isinstance(load_s, bool)
+        or not isinstance(load_s, int | float)
+        or not math.isfinite(load_s)
+        or load_s < 0
+    ):
+        raise RequestError("'load_s' must be a finite number >= 0", param="load_s")
+    return task_id, float(load_s)
+
+
+class TaskSlot:
+    """The task (model replica) placed on this worker, loaded in the background.
+
+    State lives in memory only, so a restarted worker starts idle, as a restarted vLLM pod holds
+    no model until it is told which one. A load finishes only on a healthy GPU: a hung GPU
+    stalls it, and a GPU that fell off the bus meanwhile fails it back to idle.
+    """
+
+    def __init__(self, metrics: WorkerMetrics, gpu: Callable[[], GpuState]) -> None:
+        self.metrics = metrics
+        self._gpu = gpu
+        self.status = TaskStatus()
+        self._loader: asyncio.Task[None] | None = None
+
+    @property
+    def loading(self) -> bool:
+        return self.status.state == "loading"
+
+    def load(self, task_id: str, load_s: float) -> TaskStatus:
+        """Start loading `task_id`, replacing whatever was loaded or loading before."""
+        self._cancel_loader()
+        self._set(TaskStatus(task_id, "loading"))
+        self._loader = asyncio.create_task(self._load(task_id, load_s), name=f"load-{task_id}")
+        return self.status
+
+    def unload(self) -> TaskStatus:
+        self._cancel_loader()
+        self._set(TaskStatus())
+        return self.status
+
+    def close(self) -> None:
+        """Stop a load in progress (the app is shutting down)."""
+        self._cancel_loader()
+
+    async def _load(self, task_id: str, load_s: float) -> None:
+        await asyncio.sleep(load_s)
+        gpu = self._gpu()
+        while gpu.healthy and gpu.hang:  # the weights' copy to HBM stalls with the GPU
+            await asyncio.sleep(HANG_POLL_S)
+            gpu = self._gpu()
+        self._loader = None
+        if gpu.healthy:
+            self._set(TaskStatus(task_id, "serving"))
+            log.info("task %s serving", task_id)
+        else:
+            self._set(TaskStatus())
+            log.warning("task %s failed to load: GPU unavailable", task_id)
+
+    def _cancel_loader(self) -> None:
+        if self._loader is not None:
+            self._loader.cancel()
+            self._loader = None
+
+    def _set(self, status: TaskStatus) -> None:
+        self.status = status
+        self.metrics.set_task(status.id, status.state == "serving")
 
 
 # Engine -----------------------------------------------------------------------------------------
@@ -446,6 +555,7 @@ class WorkerApp:
         self.config = config
         self.metrics = WorkerMetrics(model, node, gpu)
         self.engine: Engine | None = None
+        self.task = TaskSlot(self.metrics, lambda: self._engine().gpu)
         self._counter = 0
         self._id_prefix = os.urandom(4).hex()
         self._util = _UtilWindow(time.monotonic(), 0.0)
@@ -455,19 +565,23 @@ class WorkerApp:
         app.cleanup_ctx.append(self._engine_lifetime)
         app.on_shutdown.append(self._abort_on_shutdown)
         app.on_response_prepare.append(self._served_by)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post(CHAT_PATH, self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/fault", self.get_fault)
         app.router.add_put("/fault", self.put_fault)
         app.router.add_delete("/fault", self.delete_fault)
+        app.router.add_get("/task", self.get_task)
+        app.router.add_put("/task", self.put_task)
+        app.router.add_delete("/task", self.delete_task)
         return app
 
     async def _engine_lifetime(self, app: web.Application) -> AsyncIterator[None]:
         self.engine = Engine(self.config, self.metrics, seed=f"{self.config.seed}:{self.name}")
         task = asyncio.create_task(self.engine.run(), name=f"engine-{self.name}")
         yield
+        self.task.close()
         task.cancel()
         try:
             await task
@@ -481,6 +595,8 @@ class WorkerApp:
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers["x-served-by"] = self.name
+        if request.path == CHAT_PATH:
+            response.headers["x-task"] = self.task.status.id or ""
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -491,9 +607,13 @@ class WorkerApp:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         engine = self._engine()
+        raw = await request.read()
+        # Checked after the last await, like the GPU below: no request slips into a load.
+        if self.task.loading:
+            return web.json_response({"error": "model loading"}, status=503)
         try:
             try:
-                body = await request.json()
+                body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise RequestError(f"request body is not valid JSON: {exc}") from None
             req = parse_chat_request(body, self.config)
@@ -657,6 +777,33 @@ class WorkerApp:
         engine.set_gpu(GpuState())
         log.warning("worker %s GPU state reset to healthy", self.name)
         return web.json_response(engine.gpu.to_json())
+
+    # Tasks.
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        return web.json_response(self.task.status.to_json())
+
+    async def put_task(self, request: web.Request) -> web.Response:
+        engine = self._engine()
+        try:
+            body = json.loads(await request.read())
+            task_id, load_s = parse_task_request(body, self.config.model_load_s)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return web.json_response({"error": f"the body is not valid JSON: {exc}"}, status=400)
+        except RequestError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        gpu = engine.gpu
+        if not gpu.healthy:
+            return web.json_response({"error": "GPU unavailable", "xid": gpu.xid}, status=503)
+        status = self.task.load(task_id, load_s)
+        log.info("worker %s loading task %s (%.3f s)", self.name, task_id, load_s)
+        return web.json_response(status.to_json(), status=202)
+
+    async def delete_task(self, request: web.Request) -> web.Response:
+        previous = self.task.status.id
+        status = self.task.unload()
+        log.info("worker %s unloaded task %s", self.name, previous)
+        return web.json_response(status.to_json())
 
 
 def _set_nodelay(request: web.Request) -> None:

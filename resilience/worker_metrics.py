@@ -125,6 +125,12 @@ class WorkerMetrics:
         )
         self.power = dcgm("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).")
 
+        # Ours, not vLLM's: which task (model replica) the controllers placed here.
+        self._task_serving = Gauge(
+            "worker_task_serving", "1 while the worker serves the task, 0 while it loads it.",
+            ["task"], registry=reg,
+        )  # fmt: skip
+
     # Engine hot path -----------------------------------------------------------------------
 
     def request_finished(self, reason: str, e2e_seconds: float) -> None:
@@ -162,6 +168,12 @@ class WorkerMetrics:
         self.ecc_dbe.set(ecc_dbe)
         self.ecc_sbe.set(ecc_sbe)
         self.power.set(round(power_w, 3))
+
+    def set_task(self, task_id: str | None, serving: bool) -> None:
+        """Show only the current task's series: a stale 1 would claim a replica that moved."""
+        self._task_serving.clear()
+        if task_id is not None:
+            self._task_serving.labels(task=task_id).set(1 if serving else 0)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every series."""

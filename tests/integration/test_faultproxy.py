@@ -363,3 +363,149 @@ def test_control_api_lists_faults_links_and_metrics(proxy: Proxy) -> None:
     assert proxy.control.delete("/faults").json() == {"removed": ["a", "b"]}
     assert proxy.control.get("/faults").json() == []
     assert proxy.control.get("/links").json()[0]["faults"] == []
+
+
+# ---- links added and removed at run time
+
+
+def _link_body(listen_port: int, upstream_port: int, **extra: object) -> dict[str, object]:
+    return {
+        "source": "gateway",
+        "target": "worker-n4-g0",
+        "listen_port": listen_port,
+        "upstream_host": "127.0.0.1",
+        "upstream_port": upstream_port,
+        **extra,
+    }
+
+
+NEW_LINK = "gateway->worker-n4-g0"  # "->" travels percent-encoded in the path
+
+
+def test_a_link_added_at_run_time_carries_traffic_and_is_idempotent(proxy: Proxy) -> None:
+    port = free_port()
+    body = _link_body(port, proxy.upstream.port)
+    reply = proxy.control.put(f"/links/{NEW_LINK}", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["name"] == NEW_LINK and reply.json()["listen_port"] == port
+    assert [link["name"] for link in proxy.control.get("/links").json()] == [
+        LINK,
+        DEAD_LINK,
+        NEW_LINK,
+    ]
+
+    with proxy.connect(port=port) as sock:
+        assert round_trip(sock, b"0123456789\n") < 0.5
+        again = proxy.control.put(f"/links/{NEW_LINK}", json={**body, "name": NEW_LINK})
+        assert again.status_code == 200  # the same entry again: nothing changes
+        assert again.json()["open_connections"] == 1
+        assert round_trip(sock) < 0.5  # the open connection was left alone
+    link = next(x for x in proxy.control.get("/links").json() if x["name"] == NEW_LINK)
+    assert link["bytes"]["upstream"] == len(b"0123456789\n") + len(b"ping\n")
+
+    # faults reach the new link like any other
+    slow = proxy.control.put("/faults/slow", json={"links": [NEW_LINK], "delay_ms": 150})
+    assert slow.status_code == 200
+    with proxy.connect(port=port) as sock:
+        round_trip(sock)
+        assert 0.14 <= median_round_trip(sock, 3) < 0.6
+
+
+def test_link_conflicts_are_409(proxy: Proxy) -> None:
+    port = free_port()
+    body = _link_body(port, proxy.upstream.port)
+    assert proxy.control.put(f"/links/{NEW_LINK}", json=body).status_code == 200
+
+    moved = proxy.control.put(f"/links/{NEW_LINK}", json=_link_body(free_port(), 1))
+    assert moved.status_code == 409
+    assert "exists with listen port" in moved.json()["error"]
+
+    taken = proxy.control.put("/links/other", json=_link_body(proxy.listen_port, 1))
+    assert taken.status_code == 409
+    assert f"belongs to link '{LINK}'" in taken.json()["error"]
+
+    with socket.socket() as squatter:  # a port some other process listens on
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = proxy.control.put("/links/other", json=_link_body(squatter.getsockname()[1], 1))
+    assert busy.status_code == 409
+    assert "cannot listen on" in busy.json()["error"]
+    assert "other" not in {x["name"] for x in proxy.control.get("/links").json()}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{nope", "the body must be a JSON object"),
+        (b"[]", "a link must be a JSON object"),
+        (json.dumps({"name": "elsewhere"}).encode(), "differs from name in path"),
+        (json.dumps({"source": "gateway"}).encode(), "'target' must be a non-empty string"),
+        (json.dumps(_link_body("80", 1)).encode(), "'listen_port' must be a port number"),
+        (json.dumps(_link_body(1, 1, zone="b")).encode(), "unknown link field(s) ['zone']"),
+    ],
+)
+def test_bad_link_bodies_are_a_one_line_400(proxy: Proxy, body: bytes, message: str) -> None:
+    reply = proxy.control.put(
+        "/links/new", content=body, headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400
+    assert message in reply.json()["error"]
+    assert "\n" not in reply.json()["error"]
+    assert len(proxy.control.get("/links").json()) == 2
+
+
+def test_deleting_a_link_closes_its_connections_frees_its_port_and_leaves_faults(
+    proxy: Proxy,
+) -> None:
+    port = free_port()
+    added = proxy.control.put(f"/links/{NEW_LINK}", json=_link_body(port, proxy.upstream.port))
+    assert added.status_code == 200
+    fault = {"links": [LINK, NEW_LINK], "delay_ms": 1}
+    assert proxy.control.put("/faults/both", json=fault).status_code == 200
+    with proxy.connect(port=port) as sock:
+        round_trip(sock)
+        start = time.perf_counter()
+        reply = proxy.control.delete(f"/links/{NEW_LINK}")
+        assert reply.status_code == 200
+        assert reply.json()["closed_connections"] == 1
+        with pytest.raises(ConnectionResetError):  # reset at once, not after a timeout
+            sock.recv(100)
+        assert time.perf_counter() - start < 1.0
+
+    assert [x["name"] for x in proxy.control.get("/links").json()] == [LINK, DEAD_LINK]
+    assert proxy.control.get("/faults").json()[0]["links"] == [LINK]
+    assert proxy.control.get("/links").json()[0]["faults"] == ["both"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    with socket.socket() as rebind:  # the port is free for anyone again
+        rebind.bind(("127.0.0.1", port))
+    with proxy.connect() as sock:  # the other link of the fault still works
+        assert round_trip(sock) < 0.5
+
+    assert proxy.control.delete(f"/links/{NEW_LINK}").status_code == 404
+    unknown = proxy.control.put("/faults/late", json={"links": [NEW_LINK]})
+    assert unknown.status_code == 400 and "unknown link" in unknown.json()["error"]
+    metrics = proxy.control.get("/metrics").text
+    assert NEW_LINK not in metrics and LINK in metrics
+
+    # the same name and port can come back (a node re-added)
+    back = proxy.control.put(f"/links/{NEW_LINK}", json=_link_body(port, proxy.upstream.port))
+    assert back.status_code == 200 and back.json()["faults"] == []
+    with proxy.connect(port=port) as sock:
+        assert round_trip(sock) < 0.5
+
+
+def test_putting_new_ends_under_the_same_name_and_port_redirects_new_connections(
+    proxy: Proxy,
+) -> None:
+    port = free_port()
+    nowhere = proxy.control.put(f"/links/{NEW_LINK}", json=_link_body(port, free_port()))
+    assert nowhere.status_code == 200
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        with proxy.connect(port=port) as sock:
+            round_trip(sock)  # nobody listens upstream: reset
+
+    moved = proxy.control.put(f"/links/{NEW_LINK}", json=_link_body(port, proxy.upstream.port))
+    assert moved.status_code == 200 and moved.json()["upstream_port"] == proxy.upstream.port
+    with proxy.connect(port=port) as sock:
+        assert round_trip(sock) < 0.5
