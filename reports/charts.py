@@ -4,10 +4,10 @@ The report must be one self-contained file that a person reads in a minute, so c
 vector SVG inlined into the page: text stays text (``svg.fonttype: none``), nothing points
 outside the page, and element ids are salted per chart so several charts can share one page.
 Everything here is derived from plain data (the raw load records, Prometheus series, the Raft
-observer's leader timeline); the charts know nothing of how that data was produced. Figures are
-built as `matplotlib.figure.Figure` objects, never through pyplot, so no GUI backend is touched
-and nothing global changes for the caller; SVG is written by matplotlib's own SVG canvas (the
-Agg rasteriser is never needed).
+observer's leader timeline, the migration probe's moved tasks); the charts know nothing of how
+that data was produced. Figures are built as `matplotlib.figure.Figure` objects, never through
+pyplot, so no GUI backend is touched and nothing global changes for the caller; SVG is written
+by matplotlib's own SVG canvas (the Agg rasteriser is never needed).
 """
 
 from __future__ import annotations
@@ -98,6 +98,18 @@ class LeaderClaim:
     at: float
     leader: str
     term: int | None
+
+
+@dataclass(frozen=True)
+class MigrationBar:
+    """One moved task on the migration chart, in seconds since the chart's t = 0 (None: that
+    step never happened); bound_at is when it should have been serving at the latest."""
+
+    label: str
+    detected: float
+    serving: float | None
+    routed: float | None
+    bound_at: float | None = None
 
 
 @dataclass
@@ -396,6 +408,150 @@ def leader_chart(
         ax.set_title("Which replica led the metadata store", loc="left")
         ax.legend(**_LEGEND_OUTSIDE)
         return _to_svg(fig, "Raft leader over time")
+
+
+def migration_chart(
+    bars: Sequence[MigrationBar],
+    spans: Sequence[FaultSpan] = (),
+    *,
+    xlabel: str = "seconds since the fault was injected",
+    chart_id: str = "migration",
+) -> str:
+    """One row per moved task: detection to serving, then serving to routed, faults shaded.
+
+    Each bar ends with its length as text, because a migration takes tenths of a second and a
+    reader wants the number, not the pixel width.
+    """
+    if not bars:
+        return ""
+    # The axis spans the migrations, not the whole fault: a fault held for minutes would
+    # squeeze a sub-second move into a pixel. A fault that outlasts the axis says so in the
+    # axis label.
+    ends = [b.detected for b in bars]
+    ends += [t for b in bars for t in (b.serving, b.routed, b.bound_at) if t is not None]
+    ends += [s.start for s in spans]
+    right = max(ends)
+    left = min([b.detected for b in bars] + [s.start for s in spans])
+    pad = max(0.04 * (right - left), 0.05)
+    axis_end = right + pad
+    with matplotlib.rc_context({**_SVG_RC, "svg.hashsalt": chart_id}):
+        fig = Figure(figsize=(9.0, 1.3 + 0.38 * len(bars)), layout="constrained")
+        ax = fig.subplots()
+        ax.grid(axis="y", visible=False)
+        labelled: set[str] = set()
+
+        def label(name: str) -> str:
+            if name in labelled:
+                return "_nolegend_"
+            labelled.add(name)
+            return name
+
+        def segment(row: int, start: float, stop: float, kind: str, **style: Any) -> None:
+            y = len(bars) - 1 - row  # the first task on top
+            drawn = ax.barh(y, max(stop - start, 0.0), left=start, height=0.5, zorder=3, **style)
+            drawn.patches[0].set_gid(f"{chart_id}-{kind}-{row}")
+
+        for row, bar in enumerate(bars):
+            y = len(bars) - 1 - row
+            loaded = bar.serving if bar.serving is not None else bar.detected
+            if bar.serving is not None:
+                segment(
+                    row,
+                    bar.detected,
+                    bar.serving,
+                    "serving",
+                    color=COLOURS["completed"],
+                    label=label("detection → serving (model loaded)"),
+                )
+            if bar.routed is not None:
+                segment(
+                    row,
+                    loaded,
+                    bar.routed,
+                    "routed",
+                    color=COLOURS["p50"],
+                    label=label("serving → routed (in the routing table)"),
+                )
+            else:
+                segment(
+                    row,
+                    loaded,
+                    axis_end,
+                    "unrouted",
+                    color="#BBBBBB",
+                    edgecolor=COLOURS["errors"],
+                    linestyle="--",
+                    label=label("not routed by the end of the check"),
+                )
+            ax.plot(
+                bar.detected,
+                y,
+                marker="o",
+                ms=5,
+                color="#333333",
+                ls="none",
+                label=label("failure detected"),
+                zorder=4,
+            )
+            if bar.bound_at is not None:
+                ax.plot(
+                    bar.bound_at,
+                    y,
+                    marker="|",
+                    ms=14,
+                    mew=1.6,
+                    color="#555555",
+                    ls="none",
+                    label=label("bound (routed by then at the latest)"),
+                    zorder=4,
+                )
+            if bar.routed is not None:
+                done = max(bar.routed, loaded)
+                text, at, colour = _seconds(done - bar.detected), done, "#333333"
+            elif bar.serving is not None:
+                text = f"serving after {_seconds(bar.serving - bar.detected)}, never routed"
+                at, colour = bar.serving, COLOURS["errors"]
+            else:
+                text, at, colour = "never served", bar.detected, COLOURS["errors"]
+            ax.annotate(
+                _plain(text),
+                xy=(at, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+                ha="left",
+                color=colour,
+                zorder=5,
+            ).set_gid(f"{chart_id}-took-{row}")
+        axis_right = axis_end + 3 * pad  # room for the last bar's text
+        _shade_faults(ax, spans, chart_id, True, axis_right)
+        beyond = [
+            "fault still active" if s.end is None else f"fault removed at {s.end:+.1f} s"
+            for s in spans
+            if s.end is None or s.end > axis_right
+        ]
+        if beyond:  # said under the axis: inside it the text would collide with the fault label
+            xlabel += f" ({'; '.join(beyond)}, beyond the right edge)"
+        ax.set_yticks(range(len(bars)), [_plain(b.label) for b in reversed(bars)])
+        ax.set_ylim(-0.6, len(bars) - 0.4 + 0.45)
+        ax.set_xlim(left - pad, axis_right)
+        ax.set_xlabel(_plain(xlabel))
+        ax.set_title("Moved tasks: from detection to serving and routed again", loc="left")
+        handles, names = ax.get_legend_handles_labels()
+        order = sorted(range(len(names)), key=lambda i: (_MIGRATION_LEGEND.get(names[i], 9), i))
+        ax.legend([handles[i] for i in order], [names[i] for i in order], **_LEGEND_OUTSIDE)
+        return _to_svg(fig, "Task migration timeline")
+
+
+# The migration chart's legend in reading order: the bars, then the marks, then the fault.
+_MIGRATION_LEGEND = {
+    "detection → serving (model loaded)": 0,
+    "serving → routed (in the routing table)": 1,
+    "not routed by the end of the check": 2,
+    "failure detected": 3,
+    "bound (routed by then at the latest)": 4,
+}
 
 
 def _seconds(seconds: float) -> str:

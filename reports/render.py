@@ -7,8 +7,9 @@ knows how any of it was measured. Every piece may be missing: the page then says
 of failing, because a report is most needed exactly when a run went wrong.
 
 This module builds the page: what users felt comes from `reports.records`, the Raft control
-plane (leader timeline, failover figures, linearizability) from `reports.controlplane`, charts
-from `reports.charts`, the text of each value from `reports.formatting`.
+plane (leader timeline, failover figures, linearizability) from `reports.controlplane`, where
+the tasks ran and how they moved from `reports.tasks`, charts from `reports.charts`, the text of
+each value from `reports.formatting`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ from reports.records import (
     report_windows,
     window_figures,
 )
+from reports.tasks import glance_cards as task_glance_cards
+from reports.tasks import tasks_section
 
 VERDICTS = {
     "passed": ("passed", "The system held: every check stayed within its bounds."),
@@ -143,6 +146,7 @@ def build_context(
     rollbacks = _activity_rows(journal.get("rollbacks"), origin)
     hypothesis = _hypothesis(experiment, _mapping(journal.get("steady_states")), origin)
     control_plane = control_plane_section(journal, origin, origin_label, faults, spans)
+    tasks = tasks_section(journal)
     prometheus_svg = ""
     if prometheus_series:
         prometheus_svg = series_chart(prometheus_series, origin, spans)
@@ -155,10 +159,11 @@ def build_context(
         "run": _run_facts(journal, chaos, origin, origin_label),
         "origin_label": origin_label,
         "missing": missing,
-        "glance": _glance(load, slos, verdict, control_plane),
+        "glance": _glance(load, slos, verdict, control_plane, tasks),
         "faults": [_fault_row(f, origin) for f in faults],
         "load": load,
         "control_plane": control_plane,
+        "tasks": tasks,
         "slos": [_slo_row(s, origin) for s in slos],
         "slo_note": (
             "Claiming 99.9% at 95% confidence needs about 3,000 requests without a single "
@@ -287,8 +292,9 @@ def _glance(
     slos: Sequence[Mapping[str, Any]],
     verdict: Mapping,
     control_plane: Mapping[str, Any] | None = None,
+    tasks: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
-    cards = [("verdict", verdict["word"]), *glance_cards(control_plane)]
+    cards = [("verdict", verdict["word"]), *glance_cards(control_plane), *task_glance_cards(tasks)]
     if load is not None:
         totals = load["totals"]
         cards.append(("requests", f"{totals['total']:,}"))
