@@ -13,6 +13,10 @@ assignment and the present health of the nodes into a new complete assignment:
    so this ends). A task that cannot be placed at all is reported as unplaceable: capacity is
    never overcommitted.
 
+A cordoned node (a fatal Xid seen on one of its GPUs, awaiting its reset) keeps the tasks it
+holds on healthy GPUs but takes no new ones, by ring, fill or eviction alike. A draining node is
+passed by the caller as `failed=True`: all its tasks move.
+
 Big tasks are placed first, for the same reason one packs big stones before sand. The module
 holds no state and starts no process, so a controller that just won leader election can call it
 with what it reads from the store and get the same answer its predecessor would have.
@@ -46,12 +50,20 @@ class Task:
 
 @dataclass(frozen=True)
 class Node:
-    """A machine with GPUs 0..gpus-1; `failed` marks the whole node down."""
+    """A machine with GPUs 0..gpus-1.
+
+    `failed` marks the whole node down: its tasks move. Callers pass a *draining* node as
+    `failed=True` too, since draining means exactly that (the make-before-break order is the
+    controller's business, not placement's). `cordoned` keeps the tasks the node holds on healthy
+    GPUs but gives it no new ones: a fatal Xid on one GPU makes its siblings suspect until the
+    node is reset, yet moving healthy tasks off them would cost reloads for nothing.
+    """
 
     id: str
     gpus: int
     failed_gpus: frozenset[int] = frozenset()
     failed: bool = False
+    cordoned: bool = False
 
     def healthy_gpus(self) -> list[int]:
         if self.failed:
@@ -138,11 +150,17 @@ def imbalance(assignment: Assignment, nodes: Iterable[Node]) -> float:
 
 
 class _Cluster:
-    """The free healthy GPUs of every node, updated as tasks are placed or evicted."""
+    """The free healthy GPUs of every node, updated as tasks are placed or evicted.
+
+    `free` covers every node with a healthy GPU, cordoned ones too (the tasks they keep hold
+    GPUs there); `open` is the subset that may take new tasks, and the fair share of the bounded
+    load is computed over it alone, since a cordoned node's room cannot absorb anything.
+    """
 
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.free: dict[str, set[int]] = {}
         self.capacity: dict[str, int] = {}
+        self.open: set[str] = set()
         seen: set[str] = set()
         for node in nodes:
             if node.id in seen:
@@ -152,8 +170,10 @@ class _Cluster:
             if healthy:
                 self.free[node.id] = set(healthy)
                 self.capacity[node.id] = len(healthy)
-        self.total_capacity = sum(self.capacity.values())
-        self.total_used = 0
+                if not node.cordoned:
+                    self.open.add(node.id)
+        self.total_capacity = sum(self.capacity[node] for node in self.open)
+        self.total_used = 0  # on open nodes, like total_capacity
         self.tasks_on: dict[str, dict[str, Task]] = {node: {} for node in self.free}
         # every node, failed or not: the ring over them stays the same when one fails
         self.known = tuple(sorted(seen))
@@ -174,13 +194,15 @@ class _Cluster:
             gpus = sorted(self.free[node])[: task.gpus]
         chosen = tuple(sorted(gpus))
         self.free[node].difference_update(chosen)
-        self.total_used += len(chosen)
+        if node in self.open:
+            self.total_used += len(chosen)
         self.tasks_on[node][task.id] = task
         return Placement(node, chosen)
 
     def release(self, task: Task, placement: Placement) -> None:
         self.free[placement.node].update(placement.gpus)
-        self.total_used -= len(placement.gpus)
+        if placement.node in self.open:
+            self.total_used -= len(placement.gpus)
         del self.tasks_on[placement.node][task.id]
 
 
@@ -197,8 +219,8 @@ def _keepable(task: Task, placement: Placement, cluster: _Cluster) -> bool:
 
 def _least_utilised_fit(cluster: _Cluster, size: int) -> str | None:
     best: tuple[float, str] | None = None
-    for node, free in cluster.free.items():
-        if len(free) >= size:
+    for node in cluster.open:
+        if len(cluster.free[node]) >= size:
             key = (cluster.used(node) / cluster.capacity[node], node)
             if best is None or key < best:
                 best = key
@@ -208,10 +230,10 @@ def _least_utilised_fit(cluster: _Cluster, size: int) -> str | None:
 def _room_by_eviction(cluster: _Cluster, task: Task) -> tuple[str, list[Task]] | None:
     """The node where evicting strictly smaller tasks frees room for `task` at the least cost."""
     best: tuple[int, float, str, list[Task]] | None = None
-    for node, free in cluster.free.items():
+    for node in cluster.open:
         if cluster.capacity[node] < task.gpus:
             continue
-        room = len(free)
+        room = len(cluster.free[node])
         evicted: list[Task] = []
         smaller = sorted(
             (t for t in cluster.tasks_on[node].values() if t.gpus < task.gpus),
@@ -295,8 +317,8 @@ def _ring_choice(
 ) -> str | None:
     probes = 0
     for node in ring.walk(task.id):
-        if node not in cluster.free:
-            continue  # failed, or no healthy GPU: not a candidate, and not a probe spent
+        if node not in cluster.open:
+            continue  # failed, cordoned or no healthy GPU: not a candidate, nor a probe spent
         if probes >= RING_PROBES:
             return None
         probes += 1

@@ -1,6 +1,7 @@
 """Task placement: nothing lost or doubled, no failed GPU used, few moves, balanced nodes.
 
-hypothesis is not installed, so the properties run over seeded random clusters instead.
+Seeded examples; the same properties over hypothesis-drawn clusters, failures and cordons are in
+test_placement_properties.py.
 """
 
 from __future__ import annotations
@@ -220,3 +221,42 @@ def test_json_round_trip() -> None:
     failed = [Node(n.id, n.gpus, n.failed_gpus, True) for n in nodes[:1]] + nodes[1:]
     moves = diff(first, place(tasks, failed, first))
     json.dumps([m.to_json() for m in moves])
+
+
+def test_cordoned_node_keeps_its_tasks_and_takes_none() -> None:
+    nodes = [Node("a", 4), Node("b", 4), Node("c", 4)]
+    tasks = [Task(f"t{i}", 1) for i in range(6)]
+    first = place(tasks, nodes)
+    on_a = {t for t, p in first.placements.items() if p.node == "a"}
+    on_b = {t for t, p in first.placements.items() if p.node == "b"}
+    # a is cordoned, b fails: b's tasks must go to c, never to a, even though a has room.
+    later = [Node("a", 4, cordoned=True), Node("b", 4, failed=True), Node("c", 4)]
+    second = place([*tasks, Task("fresh", 1)], later, first)
+    for task in on_a:
+        assert second.placements[task] == first.placements[task]
+    placed_on_a = {t for t, p in second.placements.items() if p.node == "a"}
+    assert placed_on_a == on_a
+    assert all(second.placements[t].node == "c" for t in on_b if t in second.placements)
+    room_on_c = 4 - sum(1 for t in first.placements.values() if t.node == "c")
+    assert len(second.unplaceable) == max(0, len(on_b) + 1 - room_on_c)
+
+
+def test_cordoned_node_is_never_used_to_make_room_by_eviction() -> None:
+    # The big task would fit on a only by evicting its small tasks; a is cordoned, so it cannot.
+    current = Assignment({"small": Placement("a", (0,))})
+    nodes = [Node("a", 4, cordoned=True), Node("b", 2)]
+    result = place([Task("small", 1), Task("big", 4)], nodes, current)
+    assert result.placements["small"] == Placement("a", (0,))
+    assert result.unplaceable == ["big"]
+
+
+def test_draining_node_passed_as_failed_moves_all_its_tasks() -> None:
+    nodes = [Node(f"n{i}", 8) for i in range(4)]
+    tasks = [Task(f"t{i}", s) for i, s in enumerate((1, 2, 4, 1, 2, 1, 1))]
+    first = place(tasks, nodes)
+    drained = next(p.node for p in first.placements.values())
+    second = place(tasks, [Node(n.id, 8, failed=n.id == drained) for n in nodes], first)
+    assert second.unplaceable == []
+    assert all(p.node != drained for p in second.placements.values())
+    moved = {m.task for m in diff(first, second)}
+    assert moved == {t for t, p in first.placements.items() if p.node == drained}
