@@ -14,6 +14,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
@@ -37,6 +38,7 @@ __all__ = [
     "node_crash",
     "node_pause",
     "node_isolate",
+    "node_drain",
     "recover",
     "recover_all",
     "list_faults",
@@ -115,7 +117,11 @@ def _inject(
     value: Any,
     duration: Any,
     configuration: dict[str, Any] | None,
+    settle: Callable[[FaultRecord], None] | None = None,
 ) -> dict[str, Any]:
+    """`settle`, when given, runs once the fault is marked injected and before any hold: an
+    action that is only done when the cluster reacted (a drain) waits there; its ActivityFailed
+    removes the fault again."""
     hold = parse_seconds(duration, "duration") if duration is not None else None
     try:
         backend = backend_for(configuration)
@@ -153,6 +159,12 @@ def _inject(
         raise ActivityFailed(f"{kind} on {record.victims} failed: {exc}") from None
     run.ledger.mark_injected(record, details)
     log.info("injected %s on %s", kind, ", ".join(record.victims))
+    if settle is not None:
+        try:
+            settle(record)
+        except ActivityFailed as exc:
+            _safe_recover(backend, record, run, error=str(exc))
+            raise
     if hold:
         _hold(run, hold)
         _safe_recover(backend, record, run)
@@ -471,6 +483,15 @@ def hbm_pressure(
 # -- node faults: every process of a node at once ----------------------------------------------
 
 
+def zone_nodes(candidates: list[Candidate], zone: str) -> list[str]:
+    """The nodes whose processes carry the label `zone`; none is an error naming the zones."""
+    nodes = sorted({c.node for c in candidates if c.node and c.labels.get("zone") == zone})
+    if not nodes:
+        zones = sorted({c.labels["zone"] for c in candidates if c.labels.get("zone")})
+        raise ActivityFailed(f"zone {zone!r} matches no node (zones: {', '.join(zones) or 'none'})")
+    return nodes
+
+
 def _node_fault(
     kind: str,
     params: dict[str, Any],
@@ -480,11 +501,16 @@ def _node_fault(
     value: Any,
     duration: Any,
     configuration: dict[str, Any] | None,
+    zone: str | None = None,
+    settle: Callable[[FaultRecord], None] | None = None,
 ) -> dict[str, Any]:
-    """Choose nodes (by `node`, or `selector: {nodes: [...]}` and mode among node names), then
-    inject on every process labelled with them."""
-    if node is not None and selector is not None:
-        raise ActivityFailed("give either node or selector, not both")
+    """Choose nodes (by `node`, every node of a `zone`, or `selector: {nodes: [...]}` and mode
+    among node names), then inject on every process labelled with them."""
+    given = [
+        n for n, v in (("node", node), ("zone", zone), ("selector", selector)) if v is not None
+    ]
+    if len(given) > 1:
+        raise ActivityFailed(f"give one of node, zone or selector, not both {' and '.join(given)}")
     spec = {"nodes": [node]} if node is not None else (selector or {})
     if not isinstance(spec, dict) or set(spec) - {"nodes"}:
         raise ActivityFailed("a node fault's selector takes only 'nodes' (a list of node names)")
@@ -492,18 +518,26 @@ def _node_fault(
         backend = backend_for(configuration)
     except BackendError as exc:
         raise ActivityFailed(str(exc)) from None
-    nodes = sorted({c.node for c in backend.candidates() if c.node})
+    candidates = backend.candidates()
+    nodes = sorted({c.node for c in candidates if c.node})
+    if zone is not None:
+        spec = {"nodes": zone_nodes(candidates, str(zone))}
+        params["zone"] = str(zone)
     try:
-        sel = Selector.from_spec(spec, mode="all" if node is not None else mode, value=value)
+        whole = node is not None or zone is not None
+        sel = Selector.from_spec(spec, mode="all" if whole else mode, value=value)
         chosen = sel.select([Candidate(n, {"node": n}) for n in nodes])
     except SelectorError as exc:
         raise ActivityFailed(f"{exc} (nodes: {', '.join(nodes) or 'none'})") from None
     params["nodes"] = [c.name for c in chosen]
-    return _inject(kind, params, {"nodes": params["nodes"]}, "all", None, duration, configuration)
+    return _inject(
+        kind, params, {"nodes": params["nodes"]}, "all", None, duration, configuration, settle
+    )
 
 
 def node_crash(
     node: str | None = None,
+    zone: str | None = None,
     selector: dict[str, Any] | None = None,
     mode: str = "one",
     value: Any = None,
@@ -516,11 +550,14 @@ def node_crash(
     recovered (the node is back) or, with `restart_after`, until the supervisor restarts them."""
     after = None if restart_after is None else parse_seconds(restart_after, "restart_after")
     params = {"restart_after": after}
-    return _node_fault("node-crash", params, node, selector, mode, value, duration, configuration)
+    return _node_fault(
+        "node-crash", params, node, selector, mode, value, duration, configuration, zone
+    )
 
 
 def node_pause(
     node: str | None = None,
+    zone: str | None = None,
     selector: dict[str, Any] | None = None,
     mode: str = "one",
     value: Any = None,
@@ -529,11 +566,12 @@ def node_pause(
     secrets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A node freezes (kernel stall, live migration): SIGSTOP every process on it."""
-    return _node_fault("node-pause", {}, node, selector, mode, value, duration, configuration)
+    return _node_fault("node-pause", {}, node, selector, mode, value, duration, configuration, zone)
 
 
 def node_isolate(
     node: str | None = None,
+    zone: str | None = None,
     selector: dict[str, Any] | None = None,
     mode: str = "one",
     value: Any = None,
@@ -544,7 +582,89 @@ def node_isolate(
     """A node drops off the network: blackhole every proxy link touching its processes, both
     ways (its processes keep running, as behind a failed top-of-rack switch)."""
     params = {"partition": "blackhole", "direction": "both"}
-    return _node_fault("node-isolate", params, node, selector, mode, value, duration, configuration)
+    return _node_fault(
+        "node-isolate", params, node, selector, mode, value, duration, configuration, zone
+    )
+
+
+SCHEDULE_KEY = "nodes.schedule"
+ASSIGNMENT_KEY = "tasks.assignment"
+SPEC_KEY = "tasks.spec"
+DRAIN_POLL_S = 0.05
+
+
+def tasks_on_nodes(assignment: Mapping[str, Any] | None, nodes: list[str]) -> list[str]:
+    """The tasks an assignment still places on any of `nodes`."""
+    placements = (assignment or {}).get("placements") or {}
+    return sorted(t for t, p in placements.items() if p.get("node") in nodes)
+
+
+def _controlled_store(configuration: dict[str, Any] | None) -> Any:
+    """The store of a cluster that runs controllers; a cluster without them cannot drain."""
+    from probes.migration import store_for
+    from resilience.store_client import StoreUnavailable
+
+    store = store_for(configuration)
+    try:
+        spec = store.get(SPEC_KEY)
+    except StoreUnavailable as exc:
+        raise ActivityFailed(f"node-drain: cannot read {SPEC_KEY}: {exc}") from None
+    if spec is None:
+        raise ActivityFailed(
+            "node-drain needs the task controllers, and this cluster runs none (no tasks.spec "
+            "in the store): start it with 'inference-chaos up --tasks N'"
+        )
+    return store
+
+
+def _wait_drained(store: Any, nodes: list[str], timeout_s: float) -> None:
+    """Until the controllers placed every task elsewhere; ActivityFailed after `timeout_s`."""
+    from resilience.store_client import StoreUnavailable
+
+    deadline = time.monotonic() + timeout_s
+    left: list[str] = []
+    problem = ""
+    while True:
+        try:
+            left = tasks_on_nodes(store.get(ASSIGNMENT_KEY), nodes)
+            problem = ""
+        except StoreUnavailable as exc:
+            problem = f" (the store did not answer: {exc})"
+        if not left and not problem:
+            return
+        if time.monotonic() > deadline:
+            what = f"task(s) {', '.join(left)} still on" if left else "could not confirm"
+            raise ActivityFailed(
+                f"node-drain: after {timeout_s:g}s {what} {', '.join(nodes)}{problem}; "
+                "did a controller lead and have room to move them?"
+            )
+        time.sleep(DRAIN_POLL_S)
+
+
+def node_drain(
+    node: str | None = None,
+    zone: str | None = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    timeout_s: Any = 10.0,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Planned maintenance: cordon and drain the nodes in `nodes.schedule`, as `kubectl drain`
+    does, and return once the controllers moved every task off them (make-before-break), or
+    fail after `timeout_s` (the drain is then undone). Recovery uncordons the nodes."""
+    timeout = parse_seconds(timeout_s, "timeout_s")
+    store = _controlled_store(configuration)
+
+    def drained(record: FaultRecord) -> None:
+        _wait_drained(store, record.params["nodes"], timeout)
+
+    params = {"timeout_s": timeout}
+    return _node_fault(
+        "node-drain", params, node, selector, mode, value, duration, configuration, zone, drained
+    )
 
 
 def recover(
