@@ -83,17 +83,27 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
         raise RuntimeError(f"target {target!r} is not available in this version; use 'local'")
     from resilience import launcher
 
+    tasks = int(configuration.get("tasks") or 0)
+    task_gpus = int(configuration.get("task_gpus") or 1)
     state = launcher.running_state()
-    if not state:
+    if state:
+        problem = launcher.tasks_mismatch(state, tasks, task_gpus)
+        if problem:
+            raise RuntimeError(problem)
+    else:
         opts = launcher.UpOptions(
             nodes=int(configuration.get("nodes", 4)),
             gpus_per_node=int(configuration.get("gpus_per_node", 2)),
             raft_replicas=int(configuration.get("raft_replicas", 3)),
             store=str(configuration.get("raft_kind") or "ours"),
+            tasks=tasks,
+            task_gpus=task_gpus,
         )
         _say(
             f"inference-chaos: starting the embedded cluster ({opts.nodes} nodes x "
-            f"{opts.gpus_per_node} GPUs)"
+            f"{opts.gpus_per_node} GPUs"
+            + (f", {tasks} tasks of {task_gpus} GPU(s)" if tasks else "")
+            + ")"
         )
         started = time.monotonic()
         state = launcher.up(opts)

@@ -28,14 +28,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     from resilience import launcher
     from resilience.prometheus import PrometheusMissing
 
+    try:
+        worker_config = json.loads(args.worker_config)
+        controller_config = json.loads(args.controller_config)
+    except json.JSONDecodeError as exc:
+        return _fail(f"--worker-config and --controller-config take JSON objects: {exc}")
     opts = launcher.UpOptions(
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
         restart_delay=args.restart_delay,
-        worker_config=json.loads(args.worker_config),
+        worker_config=worker_config,
         prometheus=not args.no_prometheus,
         raft_replicas=args.raft_replicas,
         store=args.store,
+        tasks=args.tasks,
+        task_gpus=args.task_gpus,
+        controller_config=controller_config,
     )
     try:
         st = launcher.up(opts)
@@ -202,6 +210,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
         choices=["ours", "etcd"],
         default="ours",
         help="the metadata store: ours, or a real etcd from the Debian package",
+    )
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=0,
+        help="model replicas the controllers place on the GPUs (0: no controllers, "
+        "the gateway routes to every worker)",
+    )
+    p.add_argument(
+        "--task-gpus", type=int, default=1, help="GPUs of one task, all on one node (default 1)"
+    )
+    p.add_argument(
+        "--controller-config", default="{}", help="JSON overrides of the controllers' config"
     )
     p.add_argument("--no-prometheus", action="store_true")
     p.set_defaults(func=cmd_up)

@@ -193,11 +193,14 @@ def gpu_throttled(
     url: str | None = None,
     at: float | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    expect_throttled: bool = False,
     configuration: dict | None = None,
     secrets: dict | None = None,
 ) -> dict[str, Any]:
     """GPUs whose SM clock fell below `min_sm_clock_mhz` or whose temperature rose above
     `max_temp_c` at any scrape in the window (an H100 boosts to 1980 MHz; its base is ~1590).
+    `ok` means none throttled, or with `expect_throttled` (an experiment that throttles a GPU
+    on purpose and must see it) that some did.
 
     PromQL: ``min_over_time(DCGM_FI_DEV_SM_CLOCK[60s])`` and
     ``max_over_time(DCGM_FI_DEV_GPU_TEMP[60s])``, judged per GPU.
@@ -234,7 +237,7 @@ def gpu_throttled(
     else:
         summary = f"none of {len(gpus)} GPUs throttled in {within}s"
     return {
-        "ok": not throttled,
+        "ok": bool(throttled) if expect_throttled else not throttled,
         "check": "gpu_throttled",
         "summary": summary,
         "throttled": throttled,
@@ -254,10 +257,12 @@ def gpu_memory(
     url: str | None = None,
     at: float | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    expect_over: bool = False,
     configuration: dict | None = None,
     secrets: dict | None = None,
 ) -> dict[str, Any]:
-    """Framebuffer (HBM) used share per GPU; above `max_used_share` fails.
+    """Framebuffer (HBM) used share per GPU; above `max_used_share` fails (with `expect_over`,
+    an experiment that fills HBM on purpose, none above it fails: the pressure went unseen).
 
     vLLM preallocates 90% of HBM at start, so a healthy serving GPU sits near 0.9.
     PromQL: ``DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)``.
@@ -275,7 +280,7 @@ def gpu_memory(
         f" (highest {_name(highest)} at {highest['used_share']:.1%})"
     )
     return {
-        "ok": not full,
+        "ok": bool(full) if expect_over else not full,
         "check": "gpu_memory",
         "summary": summary,
         "over": full,

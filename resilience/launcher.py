@@ -22,6 +22,7 @@ import httpx
 from resilience import state as state_mod
 from resilience.ports import port_in_use
 from resilience.prometheus import find_prometheus
+from resilience.topology import ClusterSpec
 
 
 class ClusterError(RuntimeError):
@@ -39,7 +40,27 @@ class UpOptions:
     raft_replicas: int = 3
     raft_config: dict[str, Any] = field(default_factory=dict)
     store: str = "ours"
+    tasks: int = 0  # model replicas placed by the controllers; 0 = no controllers
+    task_gpus: int = 1
+    controllers: int = 2  # only when tasks > 0
+    controller_config: dict[str, Any] = field(default_factory=dict)
     timeout: float = 30.0
+
+    def cluster_spec(self) -> ClusterSpec:
+        return ClusterSpec(
+            nodes=self.nodes,
+            gpus_per_node=self.gpus_per_node,
+            worker_config=self.worker_config,
+            gateway_config=self.gateway_config,
+            prometheus=self.prometheus,
+            raft_replicas=self.raft_replicas,
+            raft_config=self.raft_config,
+            store=self.store,
+            tasks=self.tasks,
+            task_gpus=self.task_gpus,
+            controllers=self.controllers,
+            controller_config=self.controller_config,
+        )
 
 
 def running_state() -> dict[str, Any] | None:
@@ -54,11 +75,31 @@ def running_state() -> dict[str, Any] | None:
     return st if st.get("ready") else None
 
 
+def tasks_mismatch(state: dict[str, Any], tasks: int, task_gpus: int) -> str | None:
+    """Why a running cluster cannot serve a caller that wants `tasks` tasks, or None if it can
+    (a cluster started without tasks has no controllers; they cannot be added later)."""
+    running, running_gpus = int(state.get("tasks") or 0), int(state.get("task_gpus") or 1)
+    if tasks <= 0 or (tasks <= running and task_gpus == running_gpus):
+        return None
+    return (
+        f"the running cluster has {running} tasks of {running_gpus} GPU(s) but {tasks} tasks "
+        f"of {task_gpus} GPU(s) are asked for; restart it: 'inference-chaos down', then "
+        f"'inference-chaos up --tasks {tasks} --task-gpus {task_gpus}'"
+    )
+
+
 def up(opts: UpOptions | None = None) -> dict[str, Any]:
     """Start the cluster unless one is running; return its state once every process is ready."""
     opts = opts or UpOptions()
+    try:
+        opts.cluster_spec().validate()
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
     existing = running_state()
     if existing:
+        problem = tasks_mismatch(existing, opts.tasks, opts.task_gpus)
+        if problem:
+            raise ClusterError(problem)
         return existing
     if opts.prometheus:
         find_prometheus()  # raises PrometheusMissing with the package to install
@@ -89,6 +130,14 @@ def up(opts: UpOptions | None = None) -> dict[str, Any]:
         json.dumps(opts.raft_config),
         "--store",
         opts.store,
+        "--tasks",
+        str(opts.tasks),
+        "--task-gpus",
+        str(opts.task_gpus),
+        "--controllers",
+        str(opts.controllers),
+        "--controller-config",
+        json.dumps(opts.controller_config),
     ]
     if not opts.prometheus:
         argv.append("--no-prometheus")

@@ -9,7 +9,9 @@ locally and on Kubernetes.
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ class ProcessSpec:
     """One process of the cluster, as the supervisor starts it."""
 
     name: str
-    kind: str  # worker | gateway | faultproxy | prometheus
+    kind: str  # worker | gateway | faultproxy | prometheus | raft | etcd | controller
     argv: list[str]
     ports: dict[str, int]
     labels: dict[str, str]
@@ -57,6 +59,49 @@ class ClusterSpec:
     raft_replicas: int = 3
     raft_config: dict[str, Any] = field(default_factory=dict)
     store: str = "ours"  # or "etcd": the same replicas, labels and probes, a real etcd
+    tasks: int = 0  # model replicas placed by the controllers; 0 = no controllers
+    task_gpus: int = 1  # GPUs of one task, all on one node
+    controllers: int = 2  # controller processes, only when tasks > 0
+    controller_config: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason when this cluster cannot be laid out."""
+        if self.nodes < 1 or self.gpus_per_node < 1:
+            raise ValueError("a cluster needs at least one node with one GPU")
+        if self.store not in ("ours", "etcd"):
+            raise ValueError(f"unknown store {self.store!r}; expected 'ours' or 'etcd'")
+        if self.raft_replicas != 0 and self.raft_replicas < 3:
+            raise ValueError("the metadata store needs at least 3 replicas (or 0 for none)")
+        if self.tasks < 0:
+            raise ValueError(f"tasks must be 0 or more, got {self.tasks}")
+        if self.tasks == 0:
+            return
+        if self.task_gpus < 1:
+            raise ValueError(f"a task needs at least one GPU, got task_gpus {self.task_gpus}")
+        if self.task_gpus > self.gpus_per_node:
+            raise ValueError(
+                f"a task of {_gpus(self.task_gpus)} does not fit on a node of "
+                f"{_gpus(self.gpus_per_node)} (task_gpus <= gpus_per_node)"
+            )
+        capacity = self.task_capacity()
+        if self.tasks > capacity:
+            raise ValueError(
+                f"{self.tasks} tasks of {_gpus(self.task_gpus)} do not fit on {self.nodes} "
+                f"node(s) of {_gpus(self.gpus_per_node)} (at most {capacity})"
+            )
+        if self.store != "ours":
+            raise ValueError("controllers need our store; use --store ours")
+        if self.raft_replicas == 0:
+            raise ValueError("controllers need the metadata store; use --raft-replicas 3")
+        if self.controllers < 1:
+            raise ValueError("a cluster with tasks needs at least one controller")
+
+    def task_capacity(self) -> int:
+        """How many tasks fit: a task's GPUs sit on one node, so leftovers per node are idle."""
+        return self.nodes * (self.gpus_per_node // max(1, self.task_gpus))
+
+    def controller_names(self) -> list[str]:
+        return [f"controller-{i}" for i in range(self.controllers)] if self.tasks > 0 else []
 
     def worker_names(self) -> list[str]:
         return [f"worker-n{n}-g{g}" for n in range(self.nodes) for g in range(self.gpus_per_node)]
@@ -64,13 +109,22 @@ class ClusterSpec:
     def raft_names(self) -> list[str]:
         return [f"raft-{i}" for i in range(self.raft_replicas)]
 
+    def zone(self, node_index: int) -> str:
+        """zone-a for the first half of the initial nodes (rounded up), zone-b for the rest and
+        for nodes added at run time; node 0 (gateway, proxy, Prometheus) is always zone-a."""
+        return "zone-a" if node_index < math.ceil(self.nodes / 2) else "zone-b"
+
     def port_count(self) -> int:
         # each worker: its own port + its link's proxy port; gateway; proxy control; prometheus;
         # each replica: client and peer port, plus one proxied link to every other replica
-        # (etcd members reach each other directly: see _etcd_layout)
+        # (etcd members reach each other directly: see _etcd_layout); one per controller
         n = self.raft_replicas
         links = n * (n - 1) if self.store == "ours" else 0
-        return 2 * len(self.worker_names()) + 3 + 2 * n + links
+        return 2 * len(self.worker_names()) + 3 + 2 * n + links + len(self.controller_names())
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 @dataclass
@@ -86,66 +140,29 @@ class Topology:
 
 
 def build_topology(
-    spec: ClusterSpec, ports: list[int], run_dir: str, prometheus_binary: str | None
+    spec: ClusterSpec,
+    ports: list[int],
+    run_dir: str,
+    prometheus_binary: str | None,
+    supervisor_url: str | None = None,
 ) -> Topology:
-    """Lay out the cluster on the given free ports; files it needs go into `run_dir`."""
-    if spec.nodes < 1 or spec.gpus_per_node < 1:
-        raise ValueError("a cluster needs at least one node with one GPU")
+    """Lay out the cluster on the given free ports; files it needs go into `run_dir`.
+
+    `supervisor_url` is the supervisor's control URL, which the controllers call (restart a
+    worker); it is needed only when the cluster runs tasks."""
+    spec.validate()
     if len(ports) < spec.port_count():
         raise ValueError(f"need {spec.port_count()} ports, got {len(ports)}")
+    if spec.tasks > 0 and not supervisor_url:
+        raise ValueError("a cluster with tasks needs the supervisor's control URL")
     it = iter(ports)
     py = sys.executable
     processes: list[ProcessSpec] = []
     links: list[Link] = []
     for n in range(spec.nodes):
-        for g in range(spec.gpus_per_node):
-            name = f"worker-n{n}-g{g}"
-            port = next(it)
-            argv = [
-                py,
-                "-m",
-                "resilience.worker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--name",
-                name,
-                "--node",
-                f"node-{n}",
-                "--gpu",
-                str(g),
-                "--model",
-                spec.model,
-            ]
-            if spec.worker_config:
-                argv += ["--config", json.dumps(spec.worker_config)]
-            processes.append(
-                ProcessSpec(
-                    name=name,
-                    kind="worker",
-                    argv=argv,
-                    ports={"http": port},
-                    labels={
-                        "app": "inference-worker",
-                        "role": "worker",
-                        "node": f"node-{n}",
-                        "gpu": str(g),
-                        "model": spec.model,
-                    },
-                    ready_path="/health",
-                )
-            )
-            links.append(
-                Link(
-                    name=f"gateway->{name}",
-                    source="gateway",
-                    target=name,
-                    listen_port=next(it),
-                    upstream_host="127.0.0.1",
-                    upstream_port=port,
-                )
-            )
+        node_processes, node_links = node_workers(spec, n, spec.gpus_per_node, it)
+        processes += node_processes
+        links += node_links
     raft_processes, raft_links = _raft_layout(spec, it, run_dir)
     processes += raft_processes
     links += raft_links
@@ -214,7 +231,129 @@ def build_topology(
                 ready_path="/-/ready",
             )
         )
+    processes += _controller_layout(spec, it, run_dir, raft_processes, supervisor_url or "")
     return Topology(processes=processes, links=links)
+
+
+def node_workers(
+    spec: ClusterSpec, node_index: int, gpus: int, ports: Iterator[int]
+) -> tuple[list[ProcessSpec], list[Link]]:
+    """The workers of one node and the gateway's proxied link to each (two ports per GPU);
+    used for the initial nodes and for a node the supervisor adds at run time."""
+    node = f"node-{node_index}"
+    processes: list[ProcessSpec] = []
+    links: list[Link] = []
+    for g in range(gpus):
+        name = f"worker-n{node_index}-g{g}"
+        port = next(ports)
+        argv = [
+            sys.executable,
+            "-m",
+            "resilience.worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--node",
+            node,
+            "--gpu",
+            str(g),
+            "--model",
+            spec.model,
+        ]
+        if spec.worker_config:
+            argv += ["--config", json.dumps(spec.worker_config)]
+        processes.append(
+            ProcessSpec(
+                name=name,
+                kind="worker",
+                argv=argv,
+                ports={"http": port},
+                labels={
+                    "app": "inference-worker",
+                    "role": "worker",
+                    "node": node,
+                    "gpu": str(g),
+                    "model": spec.model,
+                    "zone": spec.zone(node_index),
+                },
+                ready_path="/health",
+            )
+        )
+        links.append(
+            Link(
+                name=f"gateway->{name}",
+                source="gateway",
+                target=name,
+                listen_port=next(ports),
+                upstream_host="127.0.0.1",
+                upstream_port=port,
+            )
+        )
+    return processes, links
+
+
+def controller_nodes(spec: ClusterSpec) -> list[int]:
+    """Node index of each controller: spread from the first node to the last, so that losing
+    one node (or zone-b) leaves a controller standing."""
+    count = len(spec.controller_names())
+    if count <= 1:
+        return [0] * count
+    return [round(i * (spec.nodes - 1) / (count - 1)) for i in range(count)]
+
+
+def _controller_layout(
+    spec: ClusterSpec,
+    ports: Iterator[int],
+    run_dir: str,
+    replicas: list[ProcessSpec],
+    supervisor_url: str,
+) -> list[ProcessSpec]:
+    """The controllers (docs/internals.md "Tasks and the controllers"); they reach the store
+    directly, not through the proxy, and learn the workers from cluster.json."""
+    store = ",".join(f"http://127.0.0.1:{p.ports['http']}" for p in replicas)
+    processes = []
+    for name, node_index in zip(spec.controller_names(), controller_nodes(spec), strict=True):
+        port = next(ports)
+        argv = [
+            sys.executable,
+            "-m",
+            "resilience.controller",
+            "--id",
+            name,
+            "--port",
+            str(port),
+            "--store",
+            store,
+            "--supervisor",
+            supervisor_url,
+            "--cluster",
+            f"{run_dir}/cluster.json",
+            "--tasks",
+            str(spec.tasks),
+            "--task-gpus",
+            str(spec.task_gpus),
+        ]
+        if spec.controller_config:
+            argv += ["--config", json.dumps(spec.controller_config)]
+        processes.append(
+            ProcessSpec(
+                name=name,
+                kind="controller",
+                argv=argv,
+                ports={"http": port},
+                labels={
+                    "app": "inference-controller",
+                    "role": "controller",
+                    "node": f"node-{node_index}",
+                    "zone": spec.zone(node_index),
+                },
+                ready_path="/status",
+            )
+        )
+    return processes
 
 
 def upstreams_for_gateway(topology: Topology) -> list[dict[str, Any]]:
@@ -234,6 +373,39 @@ def upstreams_for_gateway(topology: Topology) -> list[dict[str, Any]]:
     return out
 
 
+def cluster_document(topology: Topology, added: set[str] | None = None) -> dict[str, Any]:
+    """cluster.json for the controllers: every node's GPUs, zone and workers, each with its own
+    URL (health and DCGM polls) and the gateway's proxied link (the routing table's URL).
+    Nodes in `added` came at run time (`initial: false`): the autoscaler may remove them."""
+    link_port = {
+        link.target: link.listen_port for link in topology.links if link.source == "gateway"
+    }
+    nodes: dict[str, dict[str, Any]] = {}
+    workers = [p for p in topology.processes if p.kind == "worker"]
+    workers.sort(key=lambda p: (_node_index(p.labels["node"]), int(p.labels["gpu"])))
+    for p in workers:
+        node = nodes.setdefault(
+            p.labels["node"],
+            {
+                "gpus": 0,
+                "zone": p.labels.get("zone", ""),
+                "initial": p.labels["node"] not in (added or set()),
+                "workers": {},
+            },
+        )
+        node["gpus"] += 1
+        node["workers"][p.labels["gpu"]] = {
+            "name": p.name,
+            "url": f"http://127.0.0.1:{p.ports['http']}",
+            "link_url": f"http://127.0.0.1:{link_port[p.name]}",
+        }
+    return {"nodes": nodes}
+
+
+def _node_index(node: str) -> int:
+    return int(node.rsplit("-", 1)[1])
+
+
 def scrape_targets(topology: Topology) -> list[dict[str, Any]]:
     """Prometheus file_sd groups: one per process that serves /metrics (direct, not proxied)."""
     groups = []
@@ -246,7 +418,9 @@ def scrape_targets(topology: Topology) -> list[dict[str, Any]]:
     return groups
 
 
-def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSpec], list[Link]]:
+def _raft_layout(
+    spec: ClusterSpec, ports: Iterator[int], run_dir: str
+) -> tuple[list[ProcessSpec], list[Link]]:
     """The metadata store's replicas; every replica reaches every other through its own
     proxied link `raft-I->raft-J`, so a partition between any two is one proxy rule."""
     if spec.raft_replicas == 0:
@@ -306,14 +480,19 @@ def _raft_layout(spec: ClusterSpec, ports, run_dir: str) -> tuple[list[ProcessSp
                 kind="raft",
                 argv=argv,
                 ports={"http": client[name], "peer": peer[name]},
-                labels={"app": "metadata-store", "role": "raft", "node": f"node-{i % spec.nodes}"},
+                labels={
+                    "app": "metadata-store",
+                    "role": "raft",
+                    "node": f"node-{i % spec.nodes}",
+                    "zone": spec.zone(i % spec.nodes),
+                },
                 ready_path="/status",
             )
         )
     return processes, links
 
 
-def _etcd_layout(spec: ClusterSpec, ports, run_dir: str) -> list[ProcessSpec]:
+def _etcd_layout(spec: ClusterSpec, ports: Iterator[int], run_dir: str) -> list[ProcessSpec]:
     """A real etcd (Debian's etcd-server) in place of our store, with the same names and
     labels, so the Raft experiments and probes run unchanged against it. Its members reach
     each other directly (an etcd member advertises one peer URL to all), so process faults
@@ -374,6 +553,7 @@ def _etcd_layout(spec: ClusterSpec, ports, run_dir: str) -> list[ProcessSpec]:
                     "app": "metadata-store",
                     "role": "raft",
                     "node": f"node-{i % spec.nodes}",
+                    "zone": spec.zone(i % spec.nodes),
                     "store": "etcd",
                 },
                 ready_path="/version",

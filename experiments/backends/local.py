@@ -4,7 +4,8 @@ Kill and pause are signals sent from here to the victim's pid; the supervisor is
 whether to bring a killed process back (Chaos Mesh's pod-kill lets the ReplicaSet restart it).
 Network faults become fault-proxy rules on every link into or out of a victim. GPU faults go to
 the worker's own fault seam (`PUT /fault`, never through the proxy, so they work under a
-partition). Node faults are the same kill, pause and partition applied to every process of a node.
+partition). Node faults are the same kill, pause and partition applied to every process of a node;
+a node drain is a cordon written to the controllers' store (`nodes.schedule`), which move the tasks.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from experiments.backends.base import BackendError
 from experiments.ledger import FaultRecord
 from experiments.selectors import Candidate
 from resilience.state import pid_alive, read_state
+from resilience.store_client import Store, StoreUnavailable
 
 NETWORK_KINDS = ("network-delay", "network-loss", "network-bandwidth", "network-partition")
 PROCESS_KINDS = ("pod-kill", "pod-pause")
 GPU_KINDS = ("gpu-xid", "gpu-hang", "gpu-throttle", "hbm-pressure")
-NODE_KINDS = ("node-crash", "node-pause", "node-isolate")
+NODE_KINDS = ("node-crash", "node-pause", "node-isolate", "node-drain")
+DRAIN_KINDS = ("node-drain",)  # through the controllers' store, not signals or the proxy
 KILL_KINDS = ("pod-kill", "node-crash")
 PAUSE_KINDS = ("pod-pause", "node-pause")
 PARTITION_KINDS = (*NETWORK_KINDS, "node-isolate")
 FLIP = {"to": "from", "from": "to", "both": "both"}
+SCHEDULE_KEY = "nodes.schedule"
+LIVE_ROLE_LABEL = {"raft": "raft-role", "controller": "controller-role"}  # role -> live label
 
 
 class LocalBackend:
@@ -61,21 +66,58 @@ class LocalBackend:
         return kind in NETWORK_KINDS or kind in PROCESS_KINDS or kind in GPU_KINDS + NODE_KINDS
 
     def candidates(self) -> list[Candidate]:
-        """Processes with their labels; store replicas also carry their live `raft-role`,
-        read at this moment (all replicas at once), so `raft-role: leader` selects whoever
-        leads now."""
-        replicas = [p for p in self.state["processes"] if p["labels"].get("role") == "raft"]
-        with ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
-            roles = dict(
-                zip([p["name"] for p in replicas], pool.map(self._raft_role, replicas), strict=True)
+        """Processes with their labels, plus live labels read at this moment (all at once):
+        store replicas their `raft-role`, controllers their `controller-role`, workers the
+        `task` they serve and its `task-state` (idle, loading, serving, unreachable). So
+        `raft-role: leader` selects whoever leads now, `task-state: serving` a GPU with work."""
+        asked = [
+            p
+            for p in self.state["processes"]
+            if p["labels"].get("role") in LIVE_ROLE_LABEL or p["labels"].get("role") == "worker"
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(asked)))) as pool:
+            live = dict(
+                zip([p["name"] for p in asked], pool.map(self._live_labels, asked), strict=True)
             )
         out = []
         for p in self.state["processes"]:
-            labels = dict(p["labels"])
-            if p["name"] in roles:
-                labels["raft-role"] = roles[p["name"]]
+            labels = {**p["labels"], **live.get(p["name"], {})}
             out.append(Candidate(name=p["name"], labels=labels, namespace=self.namespace))
         return out
+
+    def _live_labels(self, process: dict[str, Any]) -> dict[str, str]:
+        role = process["labels"]["role"]
+        if role == "worker":
+            return self._worker_task(process)
+        if role == "controller":
+            return {LIVE_ROLE_LABEL[role]: self._controller_role(process)}
+        return {LIVE_ROLE_LABEL[role]: self._raft_role(process)}
+
+    def _worker_task(self, process: dict[str, Any]) -> dict[str, str]:
+        """The task a worker serves (GET /task), as the controllers placed it."""
+        try:
+            r = httpx.get(
+                f"http://127.0.0.1:{process['ports']['http']}/task", timeout=1.0, trust_env=False
+            )
+            r.raise_for_status()
+            info = r.json()
+            return {
+                "task-state": str(info.get("state", "unknown")),
+                "task": str(info.get("id") or ""),
+            }
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {"task-state": "unreachable", "task": ""}
+
+    def _controller_role(self, process: dict[str, Any]) -> str:
+        """leader / standby as the controller says now; `unreachable` if it cannot say."""
+        try:
+            r = httpx.get(
+                f"http://127.0.0.1:{process['ports']['http']}/status", timeout=1.0, trust_env=False
+            )
+            r.raise_for_status()
+            return str(r.json().get("role", "unknown"))
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "unreachable"
 
     def _raft_role(self, process: dict[str, Any]) -> str:
         """leader / follower / candidate as the replica says now; `unreachable` if it cannot."""
@@ -135,6 +177,8 @@ class LocalBackend:
             return self._network(record)
         if record.kind in GPU_KINDS:
             return self._gpu(record)
+        if record.kind in DRAIN_KINDS:
+            return self._drain(record)
         raise BackendError(f"unknown fault kind {record.kind!r} for the local backend")
 
     def recover(self, record: FaultRecord) -> None:
@@ -154,9 +198,15 @@ class LocalBackend:
         elif record.kind in GPU_KINDS:
             for name in record.victims:
                 if record.params.get("recovery") == "restart":
+                    injected_pid = (record.details.get("pids") or {}).get(name)
+                    current_pid = self._process(name).get("pid")
+                    if injected_pid and current_pid and current_pid != injected_pid:
+                        continue  # restarted since (a controller's remediation): fresh already
                     self._restart(name)
                 else:
                     self._worker(name, "DELETE")
+        elif record.kind in DRAIN_KINDS:
+            self._uncordon(record)
 
     def describe(self, record: FaultRecord) -> dict[str, Any]:
         return {
@@ -276,6 +326,47 @@ class LocalBackend:
             raise
         record.details = {"rules": installed}
         return {"rules": installed}
+
+    def _store(self) -> Store:
+        endpoints = self.state.get("raft_endpoints") or []
+        if not endpoints:
+            raise BackendError("the embedded cluster lists no metadata store (raft_endpoints)")
+        return Store(list(endpoints))
+
+    def _drain(self, record: FaultRecord) -> dict[str, Any]:
+        """Cordon and drain the nodes in `nodes.schedule`; the controllers move the tasks."""
+        nodes = list(record.params.get("nodes") or [])
+        at = time.time()
+        entry = {"cordoned": True, "draining": True, "reason": _drain_reason(record), "at": at}
+        try:
+            self._store().update(
+                SCHEDULE_KEY, lambda old: {**(old or {}), **{n: dict(entry) for n in nodes}}
+            )
+        except (StoreUnavailable, httpx.HTTPError) as exc:
+            raise BackendError(f"could not write {SCHEDULE_KEY}: {exc}") from exc
+        return {"nodes": nodes, "schedule": entry, "started_at": at}
+
+    def _uncordon(self, record: FaultRecord) -> None:
+        """Remove the schedule entries this fault wrote; an entry someone else wrote since (the
+        controller cordoning a node for a fatal Xid) stays."""
+        nodes = set(record.params.get("nodes") or [])
+        reason = _drain_reason(record)
+
+        def without_ours(old: dict[str, Any] | None) -> dict[str, Any]:
+            return {
+                n: e
+                for n, e in (old or {}).items()
+                if not (n in nodes and (e or {}).get("reason") == reason)
+            }
+
+        try:
+            self._store().update(SCHEDULE_KEY, without_ours)
+        except (StoreUnavailable, httpx.HTTPError) as exc:
+            raise BackendError(f"could not uncordon {', '.join(sorted(nodes))}: {exc}") from exc
+
+
+def _drain_reason(record: FaultRecord) -> str:
+    return f"drain (fault {record.id})"
 
 
 def _proc_state(pid: int) -> str:
