@@ -14,6 +14,7 @@ BENCHMARKS = [
     "raft_failover",
     "raft_writes",
     "migration",
+    "balance",
 ]
 
 

@@ -51,6 +51,9 @@ POLICY_KEY = "autoscale.policy"
 EVENTS_KEY = "controller.events"
 MAX_EVENTS = 500
 XID_LINE = re.compile(r"^DCGM_FI_DEV_XID_ERRORS\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE)
+BUSY_LINE = re.compile(
+    r"^vllm:num_requests_(?:running|waiting)\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE
+)
 REQUESTS_LINE = re.compile(r"^gateway_requests_total\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE)
 
 
@@ -66,6 +69,7 @@ class ControllerConfig:
     lease_ttl_s: float = 1.0
     model_load_s: float | None = None  # None: the worker's own default
     restart_grace_s: float = 5.0
+    restart_drain_s: float = 2.0  # in-flight streams get this long to finish before a restart
     autoscale_interval_s: float = 1.0
     autoscale_add_nodes: bool = True
 
@@ -178,6 +182,8 @@ class Controller:
         self._last_xid: dict[str, int] = {}
         self._last_task_check = 0.0
         self._adding_node = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.restarting: set[str] = set()  # workers being drained and restarted right now
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -281,7 +287,9 @@ class Controller:
             self.metrics.detections.labels(d.reason).inc()
             events.append({"kind": "detected", **base})
             if d.state == "app_fault":
-                events.append(await self._restart(d))
+                task = asyncio.create_task(self._restart(d))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             else:
                 self.detected_at[d.worker] = (d.at, d.reason)
                 if d.xid in FATAL_XIDS and w is not None:
@@ -290,10 +298,24 @@ class Controller:
         self._wake.set()
 
     # -- remediation ------------------------------------------------------------------------
-    async def _restart(self, d: Detection) -> dict[str, Any]:
-        """An application Xid: the CUDA context is gone, the process must go (the GPU is fine)."""
-        self.detector.remediating(d.worker, time.time() + self.config.restart_grace_s)
+    async def _restart(self, d: Detection) -> None:
+        """An application Xid: the CUDA context is gone, the process must go (the GPU is fine).
+
+        As a pod's graceful termination does: out of the routing table first, then the streams
+        still running finish (up to `restart_drain_s`), then the restart. Only the requests the
+        fault itself broke are lost, none the repair would."""
+        w = self.cluster.by_name().get(d.worker)
+        drain = self.config.restart_drain_s
+        self.detector.remediating(d.worker, time.time() + drain + self.config.restart_grace_s)
         self.task_state[d.worker] = "restarting"
+        self.restarting.add(d.worker)
+        drained = None
+        try:
+            await self._publish_routing()
+            if w is not None:
+                drained = await self._wait_idle(w, drain)
+        except StoreUnavailable as exc:
+            log.warning("could not take %s out of the routing table: %s", d.worker, exc)
         try:
             status, body = await self._http(
                 "POST", f"{self.supervisor_url}/processes/{d.worker}/restart", {}, timeout=3.0
@@ -301,16 +323,41 @@ class Controller:
             ok = status == 200
         except (TimeoutError, aiohttp.ClientError) as exc:
             ok, body = False, str(exc)
+        self.restarting.discard(d.worker)
         self.metrics.remediations.labels("restart").inc()
-        return {
-            "kind": "remediation",
-            "at": time.time(),
-            "worker": d.worker,
-            "action": "restart",
-            "reason": d.reason,
-            "ok": ok,
-            "detail": body if not ok else None,
-        }
+        await self._emit(
+            {
+                "kind": "remediation",
+                "at": time.time(),
+                "detected_at": d.at,
+                "worker": d.worker,
+                "action": "restart",
+                "reason": d.reason,
+                "drained": drained,
+                "ok": ok,
+                "detail": body if not ok else None,
+            }
+        )
+        self._last_task_check = 0.0  # reload its task as soon as it is back
+        self._wake.set()
+
+    async def _wait_idle(self, w: WorkerRef, limit_s: float) -> bool:
+        """True once the worker runs and queues no request (vLLM's gauges), within the limit."""
+        assert self.session is not None
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                async with self.session.get(
+                    f"{w.url}/metrics", timeout=aiohttp.ClientTimeout(total=0.5)
+                ) as r:
+                    text = await r.text()
+            except (TimeoutError, aiohttp.ClientError):
+                return False
+            busy = sum(float(v) for v in BUSY_LINE.findall(text))
+            if busy == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def _cordon(self, node: str, reason: str) -> dict[str, Any]:
         assert self.store is not None
@@ -573,7 +620,11 @@ class Controller:
             for task, p in self.assignment.placements.items()
             if self._worker_of(p) is not None
         ]
-        pairs = [(t, w) for t, w in pairs if w is not None and w.name not in failed]
+        pairs = [
+            (t, w)
+            for t, w in pairs
+            if w is not None and w.name not in failed and w.name not in self.restarting
+        ]
 
         async def check(task: str, w: WorkerRef) -> None:
             try:

@@ -206,9 +206,9 @@ def test_a_flood_scales_tasks_out_ahead_and_back_in(cluster, store, run, tmp_pat
     wait_for(lambda: leader_status()["settled"], "settled")
     configuration = {"raft_endpoints": cluster["raft_endpoints"]}
     scaling.enable_autoscaler(
-        target_qps_per_replica=8,
+        target_qps_per_replica=4,
         min_replicas=2,
-        max_replicas=8,
+        max_replicas=10,  # more than the 8 GPUs: the controller must ask for a node
         scale_in_cooldown_s=4,
         forecast_horizon_s=4,
         configuration=configuration,
@@ -221,12 +221,20 @@ def test_a_flood_scales_tasks_out_ahead_and_back_in(cluster, store, run, tmp_pat
         )  # fmt: skip
         load = LoadRun(cluster["gateway_url"], tmp_path / "load", settings)
         load.start()
+        # during the flood: more tasks than the 8 GPUs hold, so a node is added and used
+        wait_for(lambda: len(placements(store)) > 8, "tasks placed on an added node", 25)
         load.wait(60)
         scales = events_since(store, started, "scale")
         peak = max((e.get("to", 0) for e in scales), default=0)
-        assert peak > 4, scales  # scaled out for the flood
+        assert peak > 8, scales
+        added = [e for e in scales if e.get("action") == "add-node"]
+        assert added and added[0]["ok"], scales
+        first_out = min(e["at"] for e in scales if e.get("to", 0) > 4)
+        assert first_out < started + 4 + 10  # scaled out while the flood still ran
         wait_for(lambda: len(store.get("tasks.spec")["tasks"]) < peak, "scale-in", timeout=20)
     finally:
         scaling.disable_autoscaler(configuration=configuration)
     store.put("tasks.spec", {"tasks": [{"id": f"task-{i}", "gpus": 1} for i in range(4)]})
     wait_for(lambda: len(placements(store)) == 4 and leader_status()["settled"], "4 tasks again")
+    # with no policy left, a node added for the flood goes again once it carries no task
+    wait_for(lambda: not launcher.status().get("added_nodes"), "the added node removed")
