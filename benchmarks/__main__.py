@@ -15,6 +15,7 @@ BENCHMARKS = [
     "raft_writes",
     "migration",
     "balance",
+    "task_recovery",
 ]
 
 
