@@ -281,10 +281,12 @@ class Controller:
                 "xid": d.xid,
             }
             if d.state == "recovered":
+                log.info("%s recovered", d.worker)
                 self.detected_at.pop(d.worker, None)
                 events.append({"kind": "recovered", **base})
                 continue
             self.metrics.detections.labels(d.reason).inc()
+            log.info("detected %s: %s (%s)", d.worker, d.state, d.reason)
             events.append({"kind": "detected", **base})
             if d.state == "app_fault":
                 task = asyncio.create_task(self._restart(d))
@@ -324,6 +326,7 @@ class Controller:
         except (TimeoutError, aiohttp.ClientError) as exc:
             ok, body = False, str(exc)
         self.restarting.discard(d.worker)
+        log.info("restarted %s (drained: %s, ok: %s)", d.worker, drained, ok)
         self.metrics.remediations.labels("restart").inc()
         await self._emit(
             {
@@ -539,6 +542,14 @@ class Controller:
         assigned_at = time.time()
         self.assignment_raw, self.assignment, self.epoch = encode(body), new, self.epoch + 1
         moves = diff(old, new)
+        log.info(
+            "assignment %d: %d move(s) %s, unplaceable %s",
+            self.epoch,
+            len(moves),
+            ", ".join(f"{m.task} {m.source.node}->{m.target.node if m.target else None}"
+                      for m in moves),
+            new.unplaceable,
+        )  # fmt: skip
         fresh = [t for t in new.placements if t not in old.placements]
         await self._emit(
             {"kind": "assignment", "at": assigned_at, "epoch": self.epoch,
@@ -636,6 +647,7 @@ class Controller:
             if info.get("id") == task and info.get("state") == "serving":
                 self.task_state[w.name] = f"serving:{task}"
             elif info.get("id") != task or info.get("state") == "idle":
+                log.info("%s lost %s (it reports %s): loading it again", w.name, task, info)
                 self.task_state[w.name] = "reloading"
                 if await self._load(task, self.assignment.placements[task]):
                     await self._emit(
