@@ -68,7 +68,8 @@ class LocalBackend:
     def candidates(self) -> list[Candidate]:
         """Processes with their labels, plus live labels read at this moment (all at once):
         store replicas their `raft-role`, controllers their `controller-role`, workers the
-        `task` they serve and its `task-state` (idle, loading, serving, unreachable). So
+        `task` they serve and its `task-state` (idle, loading, serving, unreachable), and
+        `serving: "true"` when the gateway routes to them (every worker without tasks). So
         `raft-role: leader` selects whoever leads now, `task-state: serving` a GPU with work."""
         asked = [
             p
@@ -79,11 +80,23 @@ class LocalBackend:
             live = dict(
                 zip([p["name"] for p in asked], pool.map(self._live_labels, asked), strict=True)
             )
+        routed = self._routed_workers()
         out = []
         for p in self.state["processes"]:
             labels = {**p["labels"], **live.get(p["name"], {})}
+            if labels.get("role") == "worker":
+                labels["serving"] = "true" if p["name"] in routed else "false"
             out.append(Candidate(name=p["name"], labels=labels, namespace=self.namespace))
         return out
+
+    def _routed_workers(self) -> set[str]:
+        """Workers the gateway routes to now (with tasks: those serving one; without: all)."""
+        try:
+            r = httpx.get(self.state["gateway_url"] + "/upstreams", timeout=1.0, trust_env=False)
+            r.raise_for_status()
+            return set(r.json())
+        except (httpx.HTTPError, ValueError, KeyError):
+            return set()
 
     def _live_labels(self, process: dict[str, Any]) -> dict[str, str]:
         role = process["labels"]["role"]

@@ -259,7 +259,8 @@ def test_selector_without_match_stops_before_anything_is_injected(cluster, tmp_p
         (ROOT / "experiments/worker-kill.yaml")
         .read_text()
         .replace(
-            "selector: {labelSelectors: {role: worker}}", "selector: {labelSelectors: {role: tpu}}"
+            'selector: {labelSelectors: {role: worker, serving: "true"}}',
+            "selector: {labelSelectors: {role: tpu}}",
         )
     )
     run = Run(tmp_path, home, str(write(tmp_path, text)))
