@@ -91,6 +91,7 @@ class ClusterMap:
     nodes: dict[str, int] = field(default_factory=dict)  # node -> GPU count
     workers: dict[tuple[str, int], WorkerRef] = field(default_factory=dict)
     initial_nodes: set[str] = field(default_factory=set)
+    zones: dict[str, str] = field(default_factory=dict)  # node -> zone
 
     @classmethod
     def load(cls, path: Path) -> ClusterMap:
@@ -98,6 +99,7 @@ class ClusterMap:
         out = cls()
         for node, info in data.get("nodes", {}).items():
             out.nodes[node] = int(info["gpus"])
+            out.zones[node] = str(info.get("zone", ""))
             if info.get("initial", True):
                 out.initial_nodes.add(node)
             for gpu, w in info.get("workers", {}).items():
@@ -494,6 +496,7 @@ class Controller:
                     failed_gpus=failed_gpus,
                     failed=bool(entry.get("draining")),
                     cordoned=bool(entry.get("cordoned")),
+                    zone=self.cluster.zones.get(node, ""),
                 )
             )
         new = place(tasks, nodes, self.assignment)

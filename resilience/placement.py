@@ -57,6 +57,7 @@ class Node:
     controller's business, not placement's). `cordoned` keeps the tasks the node holds on healthy
     GPUs but gives it no new ones: a fatal Xid on one GPU makes its siblings suspect until the
     node is reset, yet moving healthy tasks off them would cost reloads for nothing.
+    `zone` (a failure domain: a data centre, a rack) spreads new tasks evenly over the zones.
     """
 
     id: str
@@ -64,6 +65,7 @@ class Node:
     failed_gpus: frozenset[int] = frozenset()
     failed: bool = False
     cordoned: bool = False
+    zone: str = ""
 
     def healthy_gpus(self) -> list[int]:
         if self.failed:
@@ -161,11 +163,13 @@ class _Cluster:
         self.free: dict[str, set[int]] = {}
         self.capacity: dict[str, int] = {}
         self.open: set[str] = set()
+        self.zone_of: dict[str, str] = {}
         seen: set[str] = set()
         for node in nodes:
             if node.id in seen:
                 raise ValueError(f"node {node.id} listed twice")
             seen.add(node.id)
+            self.zone_of[node.id] = node.zone
             healthy = node.healthy_gpus()
             if healthy:
                 self.free[node.id] = set(healthy)
@@ -174,6 +178,12 @@ class _Cluster:
                     self.open.add(node.id)
         self.total_capacity = sum(self.capacity[node] for node in self.open)
         self.total_used = 0  # on open nodes, like total_capacity
+        self.zone_capacity: dict[str, int] = {}
+        self.zone_used: dict[str, int] = {}
+        for node in self.open:
+            zone = self.zone_of[node]
+            self.zone_capacity[zone] = self.zone_capacity.get(zone, 0) + self.capacity[node]
+            self.zone_used.setdefault(zone, 0)
         self.tasks_on: dict[str, dict[str, Task]] = {node: {} for node in self.free}
         # every node, failed or not: the ring over them stays the same when one fails
         self.known = tuple(sorted(seen))
@@ -189,6 +199,20 @@ class _Cluster:
         share = (self.total_used + size) * self.capacity[node] / self.total_capacity
         return self.used(node) + size <= max(size, math.ceil(load_factor * share))
 
+    def within_zone_bound(self, node: str, size: int) -> bool:
+        """Zones filled evenly: a zone takes a task only while it holds no more than its share
+        (rounded up) of the GPUs in use, so losing a zone loses about its share of the tasks."""
+        zone = self.zone_of[node]
+        if len(self.zone_capacity) < 2 or zone not in self.zone_capacity:
+            return True
+        share = (self.total_used + size) * self.zone_capacity[zone] / self.total_capacity
+        return self.zone_used[zone] + size <= max(size, math.ceil(share))
+
+    def zone_utilisation(self, node: str) -> float:
+        zone = self.zone_of[node]
+        capacity = self.zone_capacity.get(zone, 0)
+        return self.zone_used.get(zone, 0) / capacity if capacity else 0.0
+
     def take(self, node: str, task: Task, gpus: Iterable[int] | None = None) -> Placement:
         if gpus is None:
             gpus = sorted(self.free[node])[: task.gpus]
@@ -196,6 +220,7 @@ class _Cluster:
         self.free[node].difference_update(chosen)
         if node in self.open:
             self.total_used += len(chosen)
+            self.zone_used[self.zone_of[node]] += len(chosen)
         self.tasks_on[node][task.id] = task
         return Placement(node, chosen)
 
@@ -203,6 +228,7 @@ class _Cluster:
         self.free[placement.node].update(placement.gpus)
         if placement.node in self.open:
             self.total_used -= len(placement.gpus)
+            self.zone_used[self.zone_of[placement.node]] -= len(placement.gpus)
         del self.tasks_on[placement.node][task.id]
 
 
@@ -218,13 +244,17 @@ def _keepable(task: Task, placement: Placement, cluster: _Cluster) -> bool:
 
 
 def _least_utilised_fit(cluster: _Cluster, size: int) -> str | None:
-    best: tuple[float, str] | None = None
+    best: tuple[float, float, str] | None = None
     for node in cluster.open:
         if len(cluster.free[node]) >= size:
-            key = (cluster.used(node) / cluster.capacity[node], node)
+            key = (
+                cluster.zone_utilisation(node),
+                cluster.used(node) / cluster.capacity[node],
+                node,
+            )
             if best is None or key < best:
                 best = key
-    return None if best is None else best[1]
+    return None if best is None else best[2]
 
 
 def _room_by_eviction(cluster: _Cluster, task: Task) -> tuple[str, list[Task]] | None:
@@ -322,6 +352,10 @@ def _ring_choice(
         if probes >= RING_PROBES:
             return None
         probes += 1
-        if cluster.fits(node, task.gpus) and cluster.within_bound(node, task.gpus, load_factor):
+        if (
+            cluster.fits(node, task.gpus)
+            and cluster.within_bound(node, task.gpus, load_factor)
+            and cluster.within_zone_bound(node, task.gpus)
+        ):
             return node
     return None

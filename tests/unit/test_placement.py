@@ -260,3 +260,27 @@ def test_draining_node_passed_as_failed_moves_all_its_tasks() -> None:
     assert all(p.node != drained for p in second.placements.values())
     moved = {m.task for m in diff(first, second)}
     assert moved == {t for t, p in first.placements.items() if p.node == drained}
+
+
+def test_tasks_spread_evenly_over_zones_and_a_lost_zone_moves_only_its_share():
+    zones = {"node-0": "a", "node-1": "a", "node-2": "b", "node-3": "b"}
+    nodes = [Node(n, 2, zone=z) for n, z in zones.items()]
+    tasks = [Task(f"task-{i}", 1) for i in range(4)]
+    first = place(tasks, nodes)
+    per_zone = Counter(zones[p.node] for p in first.placements.values())
+    assert per_zone == {"a": 2, "b": 2}
+    survivors = [Node(n, 2, zone=z, failed=z == "b") for n, z in zones.items()]
+    after = place(tasks, survivors, first)
+    assert not after.unplaceable
+    assert {zones[p.node] for p in after.placements.values()} == {"a"}
+    assert len(diff(first, after)) == 2  # only zone b's share moved
+
+
+def test_zones_stay_within_one_task_of_each_other_on_a_bigger_cluster():
+    nodes = [Node(f"node-{i}", 8, zone=f"zone-{i % 3}") for i in range(12)]
+    tasks = [Task(f"task-{i}", 1 + i % 2) for i in range(40)]
+    result = place(tasks, nodes)
+    used = Counter()
+    for p in result.placements.values():
+        used[next(n.zone for n in nodes if n.id == p.node)] += len(p.gpus)
+    assert max(used.values()) - min(used.values()) <= 2
