@@ -185,6 +185,7 @@ class Controller:
         self._last_task_check = 0.0
         self._adding_node = False
         self._background: set[asyncio.Task[None]] = set()
+        self._unreported: list[Detection] = []  # seen while standing by
         self.restarting: set[str] = set()  # workers being drained and restarted right now
 
     # -- helpers ----------------------------------------------------------------------------
@@ -226,16 +227,33 @@ class Controller:
 
     # -- probing ----------------------------------------------------------------------------
     async def probe_loop(self) -> None:
+        """Every instance probes (a hot standby): when the leader dies with the GPUs it was
+        watching, as in a zone failure, the new leader already knows what failed and when."""
         while True:
-            if self.leading:
-                self._reload_cluster()
-                workers = list(self.cluster.workers.values())
-                results = await asyncio.gather(*(self._probe(w) for w in workers))
-                detections = [d for d in results if d is not None]
-                detections += self.detector.tick(time.time())
-                if detections:
-                    await self._handle_detections(detections)
+            self._reload_cluster()
+            workers = list(self.cluster.workers.values())
+            results = await asyncio.gather(*(self._probe(w) for w in workers))
+            detections = [d for d in results if d is not None]
+            detections += self.detector.tick(time.time())
+            if detections and self.leading:
+                await self._handle_detections(detections)
+            elif detections:
+                self._unreported = (self._unreported + detections)[-200:]
             await asyncio.sleep(self.config.probe_interval_s)
+
+    async def _report_standby_detections(self) -> None:
+        """On election: act on what this instance saw as a standby and still holds."""
+        pending = [
+            d
+            for d in self._unreported
+            if d.state != "recovered" and self.detector.state(d.worker) == d.state
+        ]
+        self._unreported = []
+        latest: dict[str, Detection] = {}
+        for d in pending:
+            latest[d.worker] = d
+        if latest:
+            await self._handle_detections(list(latest.values()))
 
     async def _probe(self, w: WorkerRef) -> Detection | None:
         now = time.time()
@@ -449,6 +467,7 @@ class Controller:
         await self._emit(
             {"kind": "leader", "at": time.time(), "id": self.identity, "epoch": self.epoch}
         )
+        await self._report_standby_detections()
         self._wake.set()
 
     async def on_lost(self) -> None:
