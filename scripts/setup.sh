@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
-if [ "${INFERENCE_CHAOS_WITH_BROWSER:-0}" = 1 ]; then
-  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+# the tests draw the pages in headless Chromium (tests/integration/test_pages_in_chromium.py);
+# INFERENCE_CHAOS_WITH_BROWSER=0 leaves the browser out on a machine that only runs experiments
+if [ "${INFERENCE_CHAOS_WITH_BROWSER:-1}" != 0 ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
