@@ -40,7 +40,7 @@ from experiments.suite_outputs import (
     write_outputs,
 )
 from experiments.suite_progress import Progress
-from experiments.suite_reset import ResetOutcome, reset
+from experiments.suite_reset import ResetOutcome, ledger_files, reset
 from experiments.suite_run import run_experiment
 
 
@@ -249,6 +249,7 @@ def _restart(launcher: Any, shape: dict[str, int], opts: NightlyOptions, ignore:
     from resilience.prometheus import PrometheusMissing
 
     launcher.down()
+    ignore.update(p.name for p in ledger_files())  # faults of the old cluster died with it
     try:
         launcher.up(
             launcher.UpOptions(

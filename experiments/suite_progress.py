@@ -146,7 +146,7 @@ class Progress:
     def _line(self) -> str:
         now = time.monotonic()
         remaining = remaining_s(self.estimates, self.index, now - self._experiment_started)
-        name = self.names[self.index] if self.index < len(self.names) else "suite"
+        name = self.names[self.index] if self.index < len(self.names) else "all run"
         return status_line(
             min(self.index, len(self.names) - 1),
             len(self.names),
@@ -206,6 +206,8 @@ class Progress:
         with self._lock:
             self.estimates[index] = float(result.get("duration_s") or self.estimates[index])
             self.index = index + 1
+            last = self.index >= len(self.names)
+            self.phase = "stopping the cluster, writing the summary" if last else "starting"
             self._experiment_started = time.monotonic()
             self._say(verdict_line(index, len(self.names), result))
 

@@ -130,7 +130,7 @@ def recover_ledgers(ignore: Collection[str] = ()) -> tuple[list[str], list[str]]
     return removed, errors
 
 
-def _undo(
+def undo_leftovers(
     state: dict[str, Any], shape: Mapping[str, int], client: httpx.Client, remove_nodes: bool
 ) -> list[str]:
     """One pass over every kind of leftover; returns what it changed. Nodes added for a flood
@@ -292,27 +292,25 @@ def reset(
     undo pass is repeated while it is not, for leftovers that only show once others are gone
     (a released worker comes back, then its gateway ejection ends)."""
     started = time.monotonic()
-    actions, problems = [], []
-    removed, errors = recover_ledgers(ignore)
-    actions += removed
-    problems += errors
+    actions: list[str] = []
+    errors: list[str] = []  # of the last undo pass
     with _client() as client:
         undone, last_undo = False, float("-inf")
         while True:
             state = read_state()
             if state and state.get("ready") and time.monotonic() - last_undo > undo_every_s:
                 last_undo = time.monotonic()
+                removed, errors = recover_ledgers(ignore)
                 try:
                     late = time.monotonic() - started > deadline_s / 3
-                    undone_now = _undo(state, shape, client, remove_nodes=late)
-                    actions += [a for a in undone_now if a not in actions]
+                    removed += undo_leftovers(state, shape, client, remove_nodes=late)
                     undone = True
                 except (httpx.HTTPError, StoreUnavailable, ValueError, KeyError) as exc:
-                    problems = [f"reset step failed: {exc}"]
+                    errors.append(f"reset step failed: {exc}")
+                actions += [a for a in removed if a not in actions]
             found = cluster_problems(shape, client, ignore)
             if not found and undone:
                 return ResetOutcome(True, time.monotonic() - started, actions, [])
             if time.monotonic() - started > deadline_s:
-                extra = [] if undone else problems
-                return ResetOutcome(False, time.monotonic() - started, actions, found + extra)
+                return ResetOutcome(False, time.monotonic() - started, actions, found + errors)
             time.sleep(0.25)

@@ -6,6 +6,7 @@ inference-chaos down                                 stop it all, leave nothing 
 inference-chaos run EXPERIMENT [chaos run options]   `chaos run` with our defaults
 inference-chaos load --url URL ...                   load alone, no chaos
 inference-chaos recover                              remove faults a crashed run left
+inference-chaos nightly [EXPERIMENTS...] [--out DIR]  the catalogue, one after another
 """
 
 from __future__ import annotations
@@ -181,6 +182,13 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_nightly(args: argparse.Namespace) -> int:
+    """The nightly suite (experiments/suite.py): 0 all passed, 1 any did not, 2 it could not run."""
+    from experiments import suite
+
+    return suite.main(args)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(
         prog="inference-chaos",
@@ -240,6 +248,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
 
     p = sub.add_parser("recover", help="remove faults left by a crashed run")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("nightly", help="run the nightly catalogue on one embedded cluster")
+    from experiments.suite import add_arguments as add_nightly_arguments
+
+    add_nightly_arguments(p)
+    p.set_defaults(func=cmd_nightly)
 
     load = sub.add_parser("load", help="drive streaming load against any OpenAI-compatible URL")
     history = sub.add_parser("check-history", help="check a recorded history for linearizability")

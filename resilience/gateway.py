@@ -58,7 +58,7 @@ class GatewayConfig:
     load_factor: float = 1.25
     # 0: the ring bounds requests in flight. > 0: it bounds in-flight plus requests started in
     # the last `balance_window_s` seconds, which evens out what each worker serves over time
-    # (DESIGN's < 5% on Zipf sessions with load_factor 1.04) at the price of stickiness.
+    # (DESIGN's < 5% on Zipf sessions with load_factor 1.03) at the price of stickiness.
     balance_window_s: float = 0.0
     vnodes: int = 100
     attempts: int = 3
