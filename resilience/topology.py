@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # With tasks the gateway balances what each task serves over time, not only what is in flight:
-# DESIGN's < 5% max/mean - 1 on Zipf sessions (1.03: room for the edges of a probe's window).
-TASK_GATEWAY_DEFAULTS = {"load_factor": 1.03, "balance_window_s": 10.0}
+# DESIGN's < 5% max/mean - 1 on Zipf sessions (1.02: room for the edges of a probe's window).
+TASK_GATEWAY_DEFAULTS = {"load_factor": 1.02, "balance_window_s": 10.0}
 
 
 @dataclass
