@@ -207,7 +207,7 @@ def test_a_broken_and_a_crashing_experiment_cost_only_themselves(tmp_path):
 
 def test_a_mess_the_reset_cannot_clear_in_time_restarts_the_cluster(tmp_path):
     """A worker killed and held by a crashed run needs a restart and a gateway health check to
-    be whole again: more than the half second this night allows, so the suite fails the
+    be whole again: far more than the 0.1 s this night allows, so the suite fails the
     crashed run for it and starts a new cluster, on which the next experiment still passes."""
     crashing = tmp_path / "kills.yaml"
     crashing.write_text(
@@ -217,14 +217,14 @@ def test_a_mess_the_reset_cannot_clear_in_time_restarts_the_cluster(tmp_path):
     )
     raft_vars = ["nodes=2", "gpus_per_node=2", "fault_duration=4", "failover_bound_s=2.0"]
     night = Night(
-        tmp_path, [str(crashing), "raft-leader-kill"], raft_vars, ("--reset-deadline", "0.5")
+        tmp_path, [str(crashing), "raft-leader-kill"], raft_vars, ("--reset-deadline", "0.1")
     )
     code, stdout, stderr = night.wait(timeout=120)
     assert code == 1, stdout + stderr[-3000:]
     kills, raft = night.summary()["experiments"]
     assert kills["verdict"] == "crashed" and not kills["reset"]["ok"]
     assert any("the suite restarted it" in r for r in kills["reasons"]), kills["reasons"]
-    assert any("worker-" in p for p in kills["reset"]["problems"]), kills["reset"]
+    assert kills["reset"]["problems"], kills["reset"]  # what was still wrong at the deadline
     assert raft["verdict"] == "passed" and raft["reset"]["ok"], raft["reasons"]
     assert len(night.supervisors) == 2, "one cluster at the start, one after the failed reset"
     night.assert_nothing_left()
