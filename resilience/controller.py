@@ -235,10 +235,18 @@ class Controller:
             results = await asyncio.gather(*(self._probe(w) for w in workers))
             detections = [d for d in results if d is not None]
             detections += self.detector.tick(time.time())
-            if detections and self.leading:
-                await self._handle_detections(detections)
-            elif detections:
+            try:
+                if self.leading and self._unreported:
+                    await self._report_standby_detections()
+                if detections and self.leading:
+                    await self._handle_detections(detections)
+                elif detections:
+                    self._unreported = (self._unreported + detections)[-200:]
+            except StoreUnavailable as exc:  # acted on, not yet recorded: try again next round
+                log.warning("detections kept for the next round: %s", exc)
                 self._unreported = (self._unreported + detections)[-200:]
+            except Exception:  # a bug must not stop the probing: log it and go on
+                log.exception("handling detections failed")
             await asyncio.sleep(self.config.probe_interval_s)
 
     async def _report_standby_detections(self) -> None:
