@@ -27,10 +27,20 @@ from experiments.selectors import Candidate, Selector, SelectorError
 __all__ = [
     "pod_kill",
     "pod_pause",
+    "pod_failure",
+    "container_kill",
     "network_delay",
     "network_loss",
+    "network_duplicate",
+    "network_corrupt",
     "network_bandwidth",
     "network_partition",
+    "stress",
+    "io_latency",
+    "io_fault",
+    "http_abort",
+    "http_delay",
+    "time_skew",
     "gpu_xid",
     "gpu_hang",
     "gpu_throttle",
@@ -128,29 +138,42 @@ def _inject(
     except BackendError as exc:
         raise ActivityFailed(str(exc)) from None
     if not backend.supports(kind):
-        raise ActivityFailed(f"the {backend.name} backend cannot inject {kind!r}")
+        why = getattr(backend, "why_unsupported", lambda _kind: "")(kind)
+        raise ActivityFailed(
+            f"the {backend.name} backend cannot inject {kind!r}" + (f": {why}" if why else "")
+        )
     sel, victims = resolve_victims(backend, selector, mode, value)
     if "target" in params:  # Chaos Mesh's target: only the links between victims and these
         spec = params.pop("target") or {}
-        _, targets = resolve_victims(
-            backend, spec.get("selector"), spec.get("mode", "all"), spec.get("value")
-        )
+        target_mode = spec.get("mode", "all")
+        _, targets = resolve_victims(backend, spec.get("selector"), target_mode, spec.get("value"))
         params["target_names"] = sorted({t.name for t in targets} - {v.name for v in victims})
         if not params["target_names"]:
             raise ActivityFailed("target: it matches only the victims themselves")
-    if getattr(_dry, "on", False):
-        return {"kind": kind, "victims": [v.name for v in victims], "params": params}
-    run = ensure_run()
-    if run.interrupted.is_set():
-        raise ActivityFailed(f"run interrupted: {kind} not injected")
+        params["target_selector"] = {
+            "selector": dict(spec.get("selector") or {}),
+            "mode": target_mode,
+            "value": spec.get("value"),
+        }
     record = FaultRecord(
         kind=kind,
         victims=[v.name for v in victims],
         params=params,
-        selector={**sel.to_spec(), "mode": mode, "value": value},
+        # the selector as written (Chaos Mesh's shape, which the kubernetes backend passes on)
+        selector={**dict(selector or {}), "mode": mode, "value": value},
         backend=backend.name,
         target=sel.describe(),
     )
+    try:
+        admit = getattr(backend, "admit", None)  # optional: only targets that need limits
+        plan = admit(record, sel) if admit else {}
+    except BackendError as exc:
+        raise ActivityFailed(str(exc)) from None
+    if getattr(_dry, "on", False):
+        return {"kind": kind, "victims": record.victims, "params": params, **plan}
+    run = ensure_run()
+    if run.interrupted.is_set():
+        raise ActivityFailed(f"run interrupted: {kind} not injected")
     run.ledger.add(record)
     try:
         details = backend.inject(record)
@@ -222,6 +245,40 @@ def pod_pause(
     return _inject("pod-pause", {}, selector, mode, value, duration, configuration)
 
 
+def pod_failure(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The selected pods are unavailable until the fault is removed (Chaos Mesh pod-failure;
+    on the embedded cluster the processes are killed and held down until recovery)."""
+    return _inject("pod-failure", {"restart_after": None}, selector, mode, value, duration,
+                   configuration)  # fmt: skip
+
+
+def container_kill(
+    container_names: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Kill named containers of the selected pods; the kubelet restarts them (Chaos Mesh
+    container-kill; Kubernetes only: the embedded cluster has no containers)."""
+    names = _names(container_names, "container_names")
+    if not names:
+        raise ActivityFailed("container_names: name at least one container")
+    return _inject(
+        "container-kill", {"container_names": names}, selector, mode, value, duration,
+        configuration,
+    )  # fmt: skip
+
+
 def network_delay(
     selector: dict[str, Any] | None = None,
     mode: str = "one",
@@ -230,6 +287,7 @@ def network_delay(
     jitter: Any = "0ms",
     correlation: Any = 0,
     direction: str = "to",
+    target: dict[str, Any] | None = None,
     duration: Any = None,
     configuration: dict[str, Any] | None = None,
     secrets: dict[str, Any] | None = None,
@@ -241,6 +299,7 @@ def network_delay(
         "correlation": parse_percent(correlation, "correlation"),
         "direction": _direction(direction),
     }
+    _add_target(params, target)
     return _inject("network-delay", params, selector, mode, value, duration, configuration)
 
 
@@ -251,6 +310,7 @@ def network_loss(
     loss: Any = 10,
     correlation: Any = 0,
     direction: str = "to",
+    target: dict[str, Any] | None = None,
     duration: Any = None,
     configuration: dict[str, Any] | None = None,
     secrets: dict[str, Any] | None = None,
@@ -261,6 +321,7 @@ def network_loss(
         "correlation": parse_percent(correlation, "correlation"),
         "direction": _direction(direction),
     }
+    _add_target(params, target)
     return _inject("network-loss", params, selector, mode, value, duration, configuration)
 
 
@@ -269,13 +330,24 @@ def network_bandwidth(
     mode: str = "one",
     value: Any = None,
     rate: Any = "1mbps",
+    limit: Any = 20000,
+    buffer: Any = 10000,
     direction: str = "to",
+    target: dict[str, Any] | None = None,
     duration: Any = None,
     configuration: dict[str, Any] | None = None,
     secrets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Cap the throughput of the links of the selected processes."""
-    params = {"rate_bps": parse_rate(rate), "direction": _direction(direction)}
+    """Cap the throughput of the links of the selected processes. `limit` (bytes queued) and
+    `buffer` (token bucket bytes) are tc's, as Chaos Mesh takes them; the embedded cluster's
+    proxy shapes by rate alone."""
+    params = {
+        "rate_bps": parse_rate(rate),
+        "limit_bytes": int(_positive(limit, "limit")),
+        "buffer_bytes": int(_positive(buffer, "buffer")),
+        "direction": _direction(direction),
+    }
+    _add_target(params, target)
     return _inject("network-bandwidth", params, selector, mode, value, duration, configuration)
 
 
@@ -297,11 +369,281 @@ def network_partition(
     if action not in ("blackhole", "reset"):
         raise ActivityFailed(f"action: {action!r} is not 'blackhole' or 'reset'")
     params: dict[str, Any] = {"partition": action, "direction": _direction(direction)}
-    if target is not None:
-        if not isinstance(target, dict):
-            raise ActivityFailed("target: expected {selector: ..., mode: ...}")
-        params["target"] = target
+    _add_target(params, target)
     return _inject("network-partition", params, selector, mode, value, duration, configuration)
+
+
+def _add_target(params: dict[str, Any], target: dict[str, Any] | None) -> None:
+    """Chaos Mesh's `target` of a network fault: only links to these are affected."""
+    if target is None:
+        return
+    if not isinstance(target, dict) or set(target) - {"selector", "mode", "value"}:
+        raise ActivityFailed("target: expected {selector: ..., mode: ..., value: ...}")
+    params["target"] = target
+
+
+def _network_rate_fault(
+    kind: str,
+    field: str,
+    amount: Any,
+    correlation: Any,
+    direction: str,
+    target: dict[str, Any] | None,
+    selector: dict[str, Any] | None,
+    mode: str,
+    value: Any,
+    duration: Any,
+    configuration: dict[str, Any] | None,
+) -> dict[str, Any]:
+    params = {
+        field: parse_percent(amount, field),
+        "correlation": parse_percent(correlation, "correlation"),
+        "direction": _direction(direction),
+    }
+    _add_target(params, target)
+    return _inject(kind, params, selector, mode, value, duration, configuration)
+
+
+def network_duplicate(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duplicate: Any = 10,
+    correlation: Any = 0,
+    direction: str = "to",
+    target: dict[str, Any] | None = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Send a share of packets twice (netem duplicate; Kubernetes only)."""
+    return _network_rate_fault(
+        "network-duplicate", "duplicate", duplicate, correlation, direction, target,
+        selector, mode, value, duration, configuration,
+    )  # fmt: skip
+
+
+def network_corrupt(
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    corrupt: Any = 10,
+    correlation: Any = 0,
+    direction: str = "to",
+    target: dict[str, Any] | None = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Flip bits in a share of packets (netem corrupt; Kubernetes only)."""
+    return _network_rate_fault(
+        "network-corrupt", "corrupt", corrupt, correlation, direction, target,
+        selector, mode, value, duration, configuration,
+    )  # fmt: skip
+
+
+def _names(values: Any, what: str) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise ActivityFailed(f"{what}: expected a list of names, got {values!r}")
+    return list(values)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
+
+
+def stress(
+    cpu_workers: Any = None,
+    cpu_load: Any = 100,
+    memory_workers: Any = None,
+    memory_size: Any = "256MB",
+    container_names: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A noisy neighbour: CPU burners at `cpu_load` percent and/or memory hogs of
+    `memory_size` each, inside the selected pods (Chaos Mesh StressChaos; Kubernetes only)."""
+    params: dict[str, Any] = {"cpu": None, "memory": None}
+    if cpu_workers is not None:
+        load = parse_percent(cpu_load, "cpu_load")
+        params["cpu"] = {"workers": int(_positive(cpu_workers, "cpu_workers")), "load": int(load)}
+    if memory_workers is not None:
+        if not _SIZE.match(str(memory_size)):
+            raise ActivityFailed(f"memory_size: cannot read {memory_size!r} (e.g. '256MB')")
+        workers = int(_positive(memory_workers, "memory_workers"))
+        params["memory"] = {"workers": workers, "size": str(memory_size).replace(" ", "")}
+    if params["cpu"] is None and params["memory"] is None:
+        raise ActivityFailed("stress: give cpu_workers, memory_workers or both")
+    params["container_names"] = _names(container_names, "container_names")
+    return _inject("stress", params, selector, mode, value, duration, configuration)
+
+
+IO_METHODS = (
+    "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir",
+    "symlink", "rename", "link", "open", "read", "write", "statfs", "release", "fsync",
+    "setxattr", "getxattr", "listxattr", "removexattr", "flush", "opendir", "readdir",
+    "releasedir", "fsyncdir", "access", "create", "getlk", "setlk", "bmap",
+)  # fmt: skip
+
+
+def _io_params(
+    volume_path: Any, path: Any, percent: Any, methods: Any, container_names: Any
+) -> dict[str, Any]:
+    if not isinstance(volume_path, str) or not volume_path.startswith("/"):
+        raise ActivityFailed(f"volume_path: expected an absolute mount path, got {volume_path!r}")
+    names = _names(methods, "methods")
+    unknown = sorted(set(names or []) - set(IO_METHODS))
+    if unknown:
+        raise ActivityFailed(f"methods: unknown file operation(s) {', '.join(unknown)}")
+    return {
+        "volume_path": volume_path,
+        "path": str(path) if path is not None else f"{volume_path.rstrip('/')}/**/*",
+        "percent": int(parse_percent(percent, "percent")),
+        "methods": names,
+        "container_names": _names(container_names, "container_names"),
+    }
+
+
+def io_latency(
+    volume_path: Any = "/models",
+    path: Any = None,
+    delay: Any = "100ms",
+    percent: Any = 100,
+    methods: Any = None,
+    container_names: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Slow file operations under `volume_path` (model weights loading from a slow volume;
+    Chaos Mesh IOChaos latency, Kubernetes only)."""
+    params = _io_params(volume_path, path, percent, methods, container_names)
+    params["delay_ms"] = parse_seconds(delay, "delay") * 1000
+    return _inject("io-latency", params, selector, mode, value, duration, configuration)
+
+
+def io_fault(
+    volume_path: Any = "/models",
+    path: Any = None,
+    errno: Any = 5,
+    percent: Any = 100,
+    methods: Any = None,
+    container_names: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fail file operations under `volume_path` with `errno` (5 = EIO: a bad disk under the
+    weights; Chaos Mesh IOChaos fault, Kubernetes only)."""
+    params = _io_params(volume_path, path, percent, methods, container_names)
+    number = int(_positive(errno, "errno"))
+    if number > 133:
+        raise ActivityFailed(f"errno: {errno!r} is not a Linux errno (1-133)")
+    params["errno"] = number
+    return _inject("io-fault", params, selector, mode, value, duration, configuration)
+
+
+def _http_params(port: Any, path: Any, method: Any, http_target: Any) -> dict[str, Any]:
+    number = int(_positive(port, "port"))
+    if number > 65535:
+        raise ActivityFailed(f"port: {port!r} is not a TCP port")
+    if http_target not in ("Request", "Response"):
+        raise ActivityFailed(f"http_target: {http_target!r} is not 'Request' or 'Response'")
+    methods = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+    if method is not None and str(method).upper() not in methods:
+        raise ActivityFailed(f"method: {method!r} is not an HTTP method")
+    return {
+        "port": number,
+        "path": str(path),
+        "method": None if method is None else str(method).upper(),
+        "http_target": http_target,
+    }
+
+
+def http_abort(
+    port: Any = 8000,
+    path: Any = "*",
+    method: Any = None,
+    http_target: str = "Request",
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Abort HTTP exchanges on the inference port (Chaos Mesh HTTPChaos; Kubernetes only)."""
+    params = _http_params(port, path, method, http_target)
+    return _inject("http-abort", params, selector, mode, value, duration, configuration)
+
+
+def http_delay(
+    delay: Any = "1s",
+    port: Any = 8000,
+    path: Any = "*",
+    method: Any = None,
+    http_target: str = "Request",
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Delay HTTP exchanges on the inference port (Chaos Mesh HTTPChaos; Kubernetes only)."""
+    params = _http_params(port, path, method, http_target)
+    params["delay_ms"] = parse_seconds(delay, "delay") * 1000
+    return _inject("http-delay", params, selector, mode, value, duration, configuration)
+
+
+CLOCK_IDS = ("CLOCK_REALTIME", "CLOCK_MONOTONIC", "CLOCK_PROCESS_CPUTIME_ID",
+             "CLOCK_THREAD_CPUTIME_ID", "CLOCK_MONOTONIC_RAW", "CLOCK_REALTIME_COARSE",
+             "CLOCK_MONOTONIC_COARSE", "CLOCK_BOOTTIME")  # fmt: skip
+_OFFSET = re.compile(r"^\s*([+-])?\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+
+
+def time_skew(
+    offset: Any = "-10s",
+    clock_ids: Any = None,
+    container_names: Any = None,
+    selector: dict[str, Any] | None = None,
+    mode: str = "one",
+    value: Any = None,
+    duration: Any = None,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Skew the clocks of the selected pods by `offset` ('-10s' runs 10 s behind): leases and
+    election timeouts judged on skewed clocks (Chaos Mesh TimeChaos; Kubernetes only)."""
+    m = _OFFSET.match(str(offset))
+    if not m:
+        raise ActivityFailed(f"offset: cannot read {offset!r} as a signed duration (e.g. '-10s')")
+    ms = float(m.group(2)) * _UNITS[m.group(3) or "s"] * 1000 * (-1 if m.group(1) == "-" else 1)
+    if ms == 0:
+        raise ActivityFailed("offset: a zero skew is no fault")
+    clocks = _names(clock_ids, "clock_ids") or ["CLOCK_REALTIME"]
+    unknown = sorted(set(clocks) - set(CLOCK_IDS))
+    if unknown:
+        raise ActivityFailed(f"clock_ids: unknown clock(s) {', '.join(unknown)}")
+    params = {
+        "offset_ms": ms,
+        "clock_ids": clocks,
+        "container_names": _names(container_names, "container_names"),
+    }
+    return _inject("time-skew", params, selector, mode, value, duration, configuration)
 
 
 # -- GPU faults: the worker's fault seam, on workers only ---------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from experiments.ledger import FaultRecord
-from experiments.selectors import Candidate
+from experiments.selectors import Candidate, Selector
 
 
 class BackendError(RuntimeError):
@@ -24,6 +24,14 @@ class FaultBackend(Protocol):
 
     def supports(self, kind: str) -> bool:
         """True when this backend can inject faults of this kind."""
+
+    def why_unsupported(self, kind: str) -> str:
+        """Why a kind is not supported and what to use instead ('' when nothing to add)."""
+
+    def admit(self, record: FaultRecord, selector: Selector) -> dict[str, Any]:
+        """Safety checks before injection (namespaces, blast radius); raises BackendError.
+        Returns what the fault would create (`{"manifests": [...]}` on Kubernetes), for the
+        dry run and the journal."""
 
     def inject(self, record: FaultRecord) -> dict[str, Any]:
         """Make the fault real on `record.victims`; return details needed to undo it."""

@@ -21,16 +21,16 @@ import httpx
 
 from experiments.backends.base import BackendError
 from experiments.ledger import FaultRecord
-from experiments.selectors import Candidate
+from experiments.selectors import Candidate, Selector
 from resilience.state import pid_alive, read_state
 from resilience.store_client import Store, StoreUnavailable
 
 NETWORK_KINDS = ("network-delay", "network-loss", "network-bandwidth", "network-partition")
-PROCESS_KINDS = ("pod-kill", "pod-pause")
+PROCESS_KINDS = ("pod-kill", "pod-pause", "pod-failure")
 GPU_KINDS = ("gpu-xid", "gpu-hang", "gpu-throttle", "hbm-pressure")
 NODE_KINDS = ("node-crash", "node-pause", "node-isolate", "node-drain")
 DRAIN_KINDS = ("node-drain",)  # through the controllers' store, not signals or the proxy
-KILL_KINDS = ("pod-kill", "node-crash")
+KILL_KINDS = ("pod-kill", "pod-failure", "node-crash")  # pod-failure: held down till recovery
 PAUSE_KINDS = ("pod-pause", "node-pause")
 PARTITION_KINDS = (*NETWORK_KINDS, "node-isolate")
 FLIP = {"to": "from", "from": "to", "both": "both"}
@@ -64,6 +64,13 @@ class LocalBackend:
 
     def supports(self, kind: str) -> bool:
         return kind in NETWORK_KINDS or kind in PROCESS_KINDS or kind in GPU_KINDS + NODE_KINDS
+
+    def why_unsupported(self, kind: str) -> str:
+        return "it needs Chaos Mesh on Kubernetes (target: kubernetes)"
+
+    def admit(self, record: FaultRecord, selector: Selector) -> dict[str, Any]:
+        """The embedded cluster is ours to break: no namespace or blast-radius limits."""
+        return {}
 
     def candidates(self) -> list[Candidate]:
         """Processes with their labels, plus live labels read at this moment (all at once):
