@@ -996,14 +996,20 @@ def node_drain(
 ) -> dict[str, Any]:
     """Planned maintenance: cordon and drain the nodes in `nodes.schedule`, as `kubectl drain`
     does, and return once the controllers moved every task off them (make-before-break), or
-    fail after `timeout_s` (the drain is then undone). Recovery uncordons the nodes."""
+    fail after `timeout_s` (the drain is then undone). Recovery uncordons the nodes. On
+    Kubernetes it is `kubectl drain`: cordon, then evictions that respect PodDisruptionBudgets,
+    done when the pods are gone."""
     timeout = parse_seconds(timeout_s, "timeout_s")
+    params = {"timeout_s": timeout}
+    if (configuration or {}).get("target") == "kubernetes":  # cordon and evictions, in inject
+        return _node_fault(
+            "node-drain", params, node, selector, mode, value, duration, configuration, zone
+        )
     store = _controlled_store(configuration)
 
     def drained(record: FaultRecord) -> None:
         _wait_drained(store, record.params["nodes"], timeout)
 
-    params = {"timeout_s": timeout}
     return _node_fault(
         "node-drain", params, node, selector, mode, value, duration, configuration, zone, drained
     )
