@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,8 +113,8 @@ def _require_chaos() -> None:
 
 def run_nightly(opts: NightlyOptions) -> int:
     """Select, start, run, reset, report; see the module docstring for the exit code."""
-    if opts.target != "local":
-        raise SuiteError(f"target {opts.target!r} is not available in this version; use 'local'")
+    if opts.target == "kubernetes":
+        return run_nightly_kubernetes(opts)
     overrides = parse_vars(opts.variables)
     entries = select(opts.experiments)
     check_overrides(entries, overrides)
@@ -184,6 +184,55 @@ def run_nightly(opts: NightlyOptions) -> int:
     return max(code, EXIT_FAILED) if leftovers else code
 
 
+def run_nightly_kubernetes(opts: NightlyOptions) -> int:
+    """The night on a Kubernetes cluster (experiments.suite_kubernetes): nothing to start or
+    stop; between experiments, leftovers are searched by label and removed."""
+    from experiments import suite_kubernetes as k8s
+
+    target_vars, overrides = k8s.split_overrides(parse_vars(opts.variables))
+    entries = select(opts.experiments, tag=k8s.KUBERNETES_TAG)
+    check_overrides(entries, overrides)
+    tolerances = load_tolerances(opts.tolerances)
+    if opts.history is not None and not opts.history.is_dir():
+        raise SuiteError(f"--history {opts.history}: no such folder")
+    suite_reports, _ = reports()
+    _require_chaos()
+    history = suite_reports.load_history(opts.history) if opts.history else []
+    backend = k8s.connect_checked(target_vars)
+    out = (opts.out or default_out()).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    estimates = [estimate_s(e.config, _past(history, e.name)) for e in entries]
+    progress = Progress([e.name for e in entries], estimates)
+    started_at = time.time()
+    results: list[dict[str, Any]] = []
+    suite_problem: str | None = None
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        progress.note(
+            f"nightly: {len(entries)} experiment(s) on Kubernetes "
+            f"({k8s.describe(backend)}) -> {out}"
+        )
+        first = k8s.reset(backend, opts.reset_deadline_s)
+        if not first.ok:
+            raise SuiteError(f"leftovers on the cluster: {'; '.join(first.problems[:3])}")
+        suite_problem = _run_all(
+            entries, {}, overrides, out, opts, estimates, progress, set(), results,
+            reset_after=lambda: k8s.reset(backend, opts.reset_deadline_s),
+            target_vars=target_vars,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        progress.close()
+        shutil.rmtree(out / ".staging", ignore_errors=True)
+    summary = write_outputs(
+        out, results, started_at, time.time(), opts.history, tolerances, history, opts.target
+    )
+    if suite_problem:
+        print(f"inference-chaos: {suite_problem}", file=sys.stderr)
+    print_tail(summary, out)
+    return exit_code(summary, suite_problem)
+
+
 class SuiteInterrupted(KeyboardInterrupt):
     """SIGTERM to the suite: treated like Ctrl-C."""
 
@@ -212,20 +261,30 @@ def _run_all(
     progress: Progress,
     old_ledgers: set[str],
     results: list[dict[str, Any]],
+    reset_after: Callable[[], ResetOutcome] | None = None,
+    target_vars: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Every experiment in turn, each followed by a reset; returns why the suite had to stop."""
+    """Every experiment in turn, each followed by a reset; returns why the suite had to stop.
+    `reset_after` replaces the embedded cluster's reset (and its restart) on other targets."""
     from resilience import launcher
 
     for i, entry in enumerate(entries):
         try:
             progress.start(i)
             timeout = opts.experiment_timeout_s or max(300.0, 4 * estimates[i])
-            result = run_experiment(entry, shape, overrides, out, progress.set_phase, timeout)
+            result = run_experiment(
+                entry, shape, overrides, out, progress.set_phase, timeout, target_vars=target_vars
+            )
             interrupted = result.pop("suite_interrupted", False)
             progress.set_phase("reset")
-            outcome = reset(shape, opts.reset_deadline_s, ignore=old_ledgers)
+            if reset_after is not None:
+                outcome = reset_after()
+            else:
+                outcome = reset(shape, opts.reset_deadline_s, ignore=old_ledgers)
             problem = ""
-            if not outcome.ok:
+            if not outcome.ok and reset_after is not None:
+                problem = f"leftovers could not be removed: {'; '.join(outcome.problems[:3])}"
+            elif not outcome.ok:
                 progress.set_phase("restarting the cluster")
                 problem = _restart(launcher, shape, opts, old_ledgers)
             results.append(_finish(result, outcome))

@@ -63,14 +63,16 @@ def load_entry(path: Path) -> Entry:
     )
 
 
-def select(names: Sequence[str], directory: Path = EXPERIMENTS_DIR) -> list[Entry]:
+def select(
+    names: Sequence[str], directory: Path = EXPERIMENTS_DIR, tag: str = NIGHTLY_TAG
+) -> list[Entry]:
     """The named experiments (a file, or a name in `directory`), in the order given; with no
-    names every `*.yaml` of `directory` tagged `nightly`, in file-name order."""
+    names every `*.yaml` of `directory` tagged `tag` (`nightly`), in file-name order."""
     if not names:
         entries = [load_entry(p) for p in sorted(directory.glob("*.yaml"))]
-        tagged = [e for e in entries if NIGHTLY_TAG in e.tags]
+        tagged = [e for e in entries if tag in e.tags]
         if not tagged:
-            raise SuiteError(f"no experiment in {directory} is tagged '{NIGHTLY_TAG}'")
+            raise SuiteError(f"no experiment in {directory} is tagged '{tag}'")
         return tagged
     paths: list[Path] = []
     for name in names:

@@ -26,7 +26,7 @@ from experiments.suite_catalogue import Entry, var_file
 from experiments.suite_progress import PhaseTracker
 from experiments.suite_reset import RUN_COOKIE, kill_strays
 
-VERDICTS = ("passed", "deviated", "failed", "interrupted", "crashed")
+VERDICTS = ("passed", "deviated", "failed", "aborted", "interrupted", "crashed")
 
 
 def _iso(value: Any) -> float | None:
@@ -86,9 +86,11 @@ def run_experiment(
     on_phase: Callable[[str], None] = lambda phase: None,
     timeout_s: float = 900.0,
     env: Mapping[str, str] | None = None,
+    target_vars: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one experiment to its end (or its timeout) and collect its outcome; never raises
-    for what the experiment does, only for what the suite cannot do (no disk)."""
+    for what the experiment does, only for what the suite cannot do (no disk). `target_vars`
+    (the target and how to reach it) go to every experiment, declared or not."""
     started_at = time.time()
     folder = out_dir / entry.name
     staging = out_dir / ".staging" / entry.name
@@ -113,7 +115,9 @@ def run_experiment(
             "ended_at": time.time(),
         }
     vars_path = staging / "vars.json"
-    vars_path.write_text(json.dumps(var_file(entry, shape, overrides), indent=2))
+    document = var_file(entry, shape, overrides)
+    document["configuration"].update(target_vars or {})
+    vars_path.write_text(json.dumps(document, indent=2))
     cookie = uuid.uuid4().hex
     child_env = {
         **(env or os.environ),

@@ -7,6 +7,8 @@ inference-chaos run EXPERIMENT [chaos run options]   `chaos run` with our defaul
 inference-chaos load --url URL ...                   load alone, no chaos
 inference-chaos recover                              remove faults a crashed run left
 inference-chaos nightly [EXPERIMENTS...] [--out DIR]  the catalogue, one after another
+inference-chaos validate EXPERIMENT [--var K=V]      the faults it would inject, injecting none
+inference-chaos cleanup [--run ID | --all]           remove leftovers of runs from a cluster
 """
 
 from __future__ import annotations
@@ -182,6 +184,58 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Dry run: resolve every fault action against the live target and print what it would
+    create (on Kubernetes, the manifests); inject nothing. 0 valid, 2 a problem."""
+    from experiments import dryrun
+    from experiments.suite_catalogue import SuiteError, parse_vars
+
+    path = Path(args.experiment)
+    problem = check_experiment(path)
+    if problem:
+        return _fail(problem)
+    try:
+        overrides = parse_vars(args.var)
+        planned = dryrun.plan(path, overrides)
+    except (SuiteError, dryrun.DryRunError) as exc:
+        return _fail(str(exc))
+    print(dryrun.render(planned), end="")
+    print(f"# {len(planned)} fault action(s) valid; nothing was injected", file=sys.stderr)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove what runs left on a Kubernetes cluster, found by our labels."""
+    from experiments.kube import cleanup
+    from experiments.kube.client import KubeError, connect
+
+    if not args.all and not args.run:
+        return _fail("cleanup: give --run ID (one run) or --all (every run's leftovers)")
+    configuration = {
+        k: v
+        for k, v in (("kubeconfig", args.kubeconfig), ("kube_context", args.context))
+        if v is not None
+    }
+    try:
+        kube = connect(configuration)
+        found = cleanup.find(kube, None if args.all else args.run)
+    except KubeError as exc:
+        return _fail(str(exc))
+    if not found.count():
+        print("nothing to clean up")
+        return 0
+    for line in found.lines():
+        print(f"  {line}")
+    if args.dry_run:
+        print(f"{found.count()} leftover(s); nothing removed (--dry-run)")
+        return 0
+    errors = cleanup.remove(kube, found, args.timeout, args.force)
+    print(f"removed {found.count() - len(errors)} of {found.count()} leftover(s)")
+    for e in errors:
+        print(f"  error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     """The nightly suite (experiments/suite.py): 0 all passed, 1 any did not, 2 it could not run."""
     from experiments import suite
@@ -248,6 +302,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
 
     p = sub.add_parser("recover", help="remove faults left by a crashed run")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("validate", help="dry run: the faults an experiment would inject")
+    p.add_argument("experiment")
+    p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("cleanup", help="remove leftovers of runs from a Kubernetes cluster")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="ID", help="the run id (its folder name)")
+    which.add_argument("--all", action="store_true", help="every run's leftovers")
+    p.add_argument("--kubeconfig", help="default: $KUBECONFIG, else ~/.kube/config")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per object")
+    p.add_argument(
+        "--force", action="store_true", help="clear stuck finalizers (Chaos Mesh annotation)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    p.set_defaults(func=cmd_cleanup)
 
     p = sub.add_parser("nightly", help="run the nightly catalogue on one embedded cluster")
     from experiments.suite import add_arguments as add_nightly_arguments

@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
+
 from experiments.backends.base import BackendError
 from experiments.kube import gpu as kube_gpu
 from experiments.kube import lifecycle, nodes
@@ -29,7 +31,13 @@ from experiments.kube.manifests import (
     chaos_manifests,
     node_down_taint,
 )
-from experiments.kube.names import CHAOS_KINDS, GPU_FAULT_TAINT, NODE_DOWN_TAINT, run_labels
+from experiments.kube.names import (
+    CHAOS_KINDS,
+    GPU_FAULT_TAINT,
+    NODE_DOWN_TAINT,
+    label_value,
+    run_labels,
+)
 from experiments.kube.safety import check_blast_radius, check_namespace, worst_case_count
 from experiments.kube.settings import KubeSettings
 from experiments.ledger import FaultRecord
@@ -42,6 +50,9 @@ UNSUPPORTED = {
     "node-pause": "Chaos Mesh cannot freeze a node; use node_crash or node_isolate",
 }
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# labels we compute for candidates, not labels of the pods: a selector using them is resolved
+# by us and pinned to pod names in the manifest
+LIVE_LABELS = {"node", "zone", "serving"}
 JOB_POLL_S = 0.2
 
 
@@ -88,6 +99,7 @@ class KubernetesBackend:
     def candidates(self) -> list[Candidate]:
         """Live pods of the configured namespaces (not terminating, not finished)."""
         zones = self._node_zones()
+        routed = self._routed()
         out = []
         for ns in self.settings.namespaces:
             pods = self._call(f"list pods in {ns}", self.kube.core.list_namespaced_pod, ns)
@@ -103,8 +115,27 @@ class KubernetesBackend:
                     labels.setdefault("node", node)
                     if zones.get(node):
                         labels.setdefault("zone", zones[node])
+                if routed is not None and labels.get("role") == "worker":
+                    labels.setdefault("serving", "true" if meta.name in routed else "false")
                 out.append(Candidate(name=meta.name, labels=labels, namespace=ns))
         return out
+
+    def _routed(self) -> set[str] | None:
+        """Upstreams the gateway routes to now (their names are the worker pods' names in
+        deploy/); None without a gateway_url or when it does not answer."""
+        url = self.configuration.get("gateway_url")
+        if not url:
+            return None
+        try:
+            r = httpx.get(str(url).rstrip("/") + "/upstreams", timeout=2.0, trust_env=False)
+            r.raise_for_status()
+            return {
+                name
+                for name, u in r.json().items()
+                if u.get("healthy", True) and not u.get("ejected")
+            }
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
 
     def _node_zones(self) -> dict[str, str]:
         listed = self._call("list nodes", self.kube.core.list_node)
@@ -168,10 +199,15 @@ class KubernetesBackend:
                     "mode": "all",
                     "value": None,
                 }
+            elif self._uses_live_labels(selector):
+                selector = self._pinned(record)
             elif not selector.get("namespaces"):
                 selector["namespaces"] = [namespace]
+            kind = record.kind
+            if kind == "pod-kill" and record.params.get("restart_after") is None:
+                kind = "pod-failure"  # a killed pod comes straight back; this one stays down
             manifests += chaos_manifests(
-                record.kind,
+                kind,
                 record.params,
                 selector,
                 name=f"ic-{record.id}",
@@ -182,6 +218,19 @@ class KubernetesBackend:
             if self.crds is not None and m.get("kind") in CHAOS_KINDS:
                 self.crds.validate(m)
         return manifests
+
+    def _uses_live_labels(self, selector: dict[str, Any]) -> bool:
+        """Does the selector name a label we compute (serving, node, zone) rather than one
+        the pods carry? Chaos Mesh could not match it."""
+        keys = set((selector.get("labelSelectors") or {}).keys())
+        return bool(keys & LIVE_LABELS)
+
+    def _pinned(self, record: FaultRecord) -> dict[str, Any]:
+        """The victims we resolved, by name: what a live label meant at injection time."""
+        pods: dict[str, list[str]] = {}
+        for v in self._victim_pods(record):
+            pods.setdefault(v.namespace, []).append(v.name)
+        return {"pods": pods, "mode": "all", "value": None}
 
     def _home_namespace(self, record: FaultRecord) -> str:
         """Where the fault's own objects live: the selector's first namespace, else the run's."""
@@ -257,8 +306,11 @@ class KubernetesBackend:
                 },
             }
         )
+        run_id = ensure_run().run_id
+        details["run_id"] = run_id
+        details["owner"] = f"{label_value(run_id)}/{record.id}"  # marks on nodes name the run
         try:
-            manifests = self.plan(record, ensure_run().run_id)
+            manifests = self.plan(record, run_id)
             details["manifests"] = manifests
             if record.kind == "node-drain":
                 self._drain(record, details)
@@ -296,6 +348,7 @@ class KubernetesBackend:
             targets = sorted({v.node for v in self._victim_pods(record) if v.node})
         if not taint:
             return
+        taint = {**taint, "value": label_value(details["run_id"])}  # `cleanup --run` finds it
         for node in targets:
             details["taints"].append({"node": node, "key": taint["key"]})
             nodes.taint(self.kube, node, taint)
@@ -304,7 +357,7 @@ class KubernetesBackend:
         timeout = float(record.params.get("timeout_s") or 60)
         evicted: dict[str, Any] = {}
         for node in record.params["nodes"]:
-            if nodes.cordon(self.kube, node, owner=record.id):
+            if nodes.cordon(self.kube, node, owner=details["owner"]):
                 details["cordoned"].append(node)
         for node in record.params["nodes"]:
             evicted[node] = nodes.drain(self.kube, node, self.settings.namespaces, timeout)
@@ -370,7 +423,7 @@ class KubernetesBackend:
         for t in details.get("taints") or []:
             attempt(nodes.untaint, self.kube, t["node"], t["key"])
         for node in details.get("cordoned") or []:
-            attempt(nodes.uncordon, self.kube, node, record.id)
+            attempt(nodes.uncordon, self.kube, node, details.get("owner"))
         if record.kind in GPU_KINDS and details.get("jobs"):
             attempt(self._gpu_recovery_jobs, record, details)
         for job in details.get("jobs") or []:
