@@ -130,7 +130,10 @@ def test_the_initial_spec_is_what_a_first_leader_writes():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"target": "kubernetes"}, "not available"),
+        (
+            {"target": "kubernetes", "variables": ["kubeconfig=/nonexistent/kubeconfig"]},
+            "kubeconfig /nonexistent/kubeconfig does not exist",
+        ),
         ({"experiments": ["no-such-experiment"]}, "no experiment named"),
         ({"variables": ["load_user=3"]}, "no selected experiment declares"),
         ({"history": Path("/nonexistent/history")}, "no such folder"),
