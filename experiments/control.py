@@ -8,7 +8,9 @@ Before the experiment it opens the run (output folder, fault ledger), makes sure
 is up (starting the embedded cluster when it is not running), fills the configuration with
 the target's addresses, checks every fault action's selector against the live target so that
 a bad selector stops the run before anything is injected, and takes over SIGINT and SIGTERM
-so a signal removes every fault before the process goes. After the experiment it removes any
+so a signal removes every fault before the process goes. While the method runs, the
+experiment's `stop_condition` (if any) is watched, and a breach ends the method early
+(`experiments.stop_condition`). After the experiment it removes any
 fault still active, reaches the verdict (Chaos Toolkit alone would call a run whose fault
 action failed, or whose hypothesis failed before the method, a success), writes it into the
 journal, and writes the journal and the HTML report into the run's folder.
@@ -27,7 +29,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
 
 from experiments import context as run_context
-from experiments import faults
+from experiments import faults, stop_condition
 from experiments.verdict import reach_verdict
 
 log = logging.getLogger("experiments.control")
@@ -67,8 +69,10 @@ def before_experiment_control(
     run = run_context.current_run() or run_context.start_run(experiment.get("title", "experiment"))
     _install_signal_handlers(configuration)
     try:
+        stop_condition.validate(run, experiment, configuration)
         _ensure_target(run, configuration)
         _preflight(experiment, configuration)
+        stop_condition.preflight(run, configuration)
     except (ActivityFailed, RuntimeError, OSError) as exc:
         run.load["aborted_reason"] = str(exc)
         _say(f"inference-chaos: {exc}")
@@ -79,8 +83,11 @@ def before_experiment_control(
 def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -> None:
     """Start the embedded cluster unless it runs; publish its addresses in the configuration."""
     target = configuration.get("target", "local")
+    if target == "kubernetes":
+        _check_kubernetes(configuration)
+        return
     if target != "local":
-        raise RuntimeError(f"target {target!r} is not available in this version; use 'local'")
+        raise RuntimeError(f"unknown target {target!r}; expected 'local' or 'kubernetes'")
     from resilience import launcher
 
     tasks = int(configuration.get("tasks") or 0)
@@ -114,6 +121,21 @@ def _ensure_target(run: run_context.RunContext, configuration: dict[str, Any]) -
             configuration[key] = state[key]
     if not configuration.get("raft_kind") and state.get("store"):
         configuration["raft_kind"] = state["store"]
+
+
+def _check_kubernetes(configuration: dict[str, Any]) -> None:
+    """A cluster is the user's: nothing is started. Credentials, Chaos Mesh's CRDs and the
+    namespaces are checked now, so a problem stops the run before anything is injected."""
+    from experiments.backends import BackendError, backend_for
+
+    try:
+        backend = backend_for(configuration)
+    except BackendError as exc:
+        raise RuntimeError(str(exc)) from None
+    _say(
+        f"inference-chaos: target kubernetes, context {backend.kube.context} "
+        f"({backend.kube.server}), namespaces {', '.join(backend.settings.namespaces)}"
+    )
 
 
 def _preflight(experiment: dict[str, Any], configuration: dict[str, Any]) -> None:
@@ -173,6 +195,24 @@ def _cleanup(configuration: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
+def before_method_control(configuration: dict[str, Any] | None = None, **_: Any) -> None:
+    """The stop condition watches the burn rate while the method runs."""
+    stop_condition.start_watching(
+        run_context.current_run(), configuration if configuration is not None else {}
+    )
+
+
+def before_activity_control(**_: Any) -> None:
+    """Once the stop condition tripped, the method's next activity does not start."""
+    reason = stop_condition.interrupt_reason(run_context.current_run())
+    if reason:
+        raise InterruptExecution(reason)
+
+
+def after_method_control(**_: Any) -> None:
+    stop_condition.stop_watching(run_context.current_run())
+
+
 def after_experiment_control(
     context: Any = None,
     state: dict[str, Any] | None = None,
@@ -183,11 +223,16 @@ def after_experiment_control(
     journal = state if state is not None else {}
     run = run_context.current_run()
     try:
+        watched = stop_condition.stop_watching(run)
         cleanup = _cleanup(configuration)
         if run is None:
             return
         verdict = reach_verdict(
-            journal, run.faults(), cleanup["errors"], aborted_reason=run.load.get("aborted_reason")
+            journal,
+            run.faults(),
+            cleanup["errors"],
+            aborted_reason=run.load.get("aborted_reason"),
+            stop_condition=watched,
         )
         journal["inference_chaos"] = {
             **verdict,
@@ -196,10 +241,11 @@ def after_experiment_control(
             "faults": run.faults(),
             "records_path": str(run.records_path),
             "cluster_owned": run.owns_cluster,
+            "stop_condition": watched,
         }
         if verdict["verdict"] == "deviated":
             journal["deviated"] = True
-        elif verdict["verdict"] == "failed" and journal.get("status") == "completed":
+        elif verdict["verdict"] in ("failed", "aborted") and journal.get("status") == "completed":
             journal["status"] = "failed"
         _write_outputs(run, journal, configuration)
         _say(

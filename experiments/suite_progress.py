@@ -19,6 +19,7 @@ VERDICT_MARK = {
     "passed": "PASS",
     "deviated": "DEVIATED",
     "failed": "FAILED",
+    "aborted": "ABORTED",
     "interrupted": "INTERRUPTED",
     "crashed": "CRASHED",
 }

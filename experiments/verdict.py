@@ -1,15 +1,19 @@
-"""The run's verdict, read from the journal: passed, deviated, failed or interrupted.
+"""The run's verdict, read from the journal: passed, deviated, failed, aborted or interrupted.
 
 Chaos Toolkit's own status is not enough to trust an exit code: a fault action that failed
 does not fail the run, and an SLO that was missed only counts when a tolerance says so. The
 verdict here looks at every activity and every SLO result and says why in plain words.
+
+`aborted` is a run its stop condition cut short (`experiments.stop_condition`): it outranks
+`failed`, since whatever the method left undone after the breach was left undone on purpose;
+those other problems stay in the reasons.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-RANK = {"passed": 0, "deviated": 1, "failed": 2, "interrupted": 3}
+RANK = {"passed": 0, "deviated": 1, "failed": 2, "aborted": 3, "interrupted": 4}
 HARNESS_ACTION_MODULES = ("experiments.faults", "loadtests.actions")
 
 
@@ -68,6 +72,7 @@ def reach_verdict(
     faults: list[dict[str, Any]],
     cleanup_errors: list[str] | None = None,
     aborted_reason: str | None = None,
+    stop_condition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     verdict = "passed"
     reasons: list[str] = []
@@ -79,8 +84,11 @@ def reach_verdict(
         reasons.append(reason)
 
     status = journal.get("status")
+    stopped_by = (stop_condition or {}).get("stopped_by")
     if aborted_reason:
         worse("failed", f"aborted before the method: {aborted_reason}")
+    elif stopped_by:  # its InterruptExecution is why Chaos Toolkit says "interrupted"
+        worse("aborted", str(stopped_by.get("reason") or "stop condition breached"))
     elif status == "interrupted":
         worse("interrupted", "the run was interrupted")
     elif status == "aborted":
@@ -111,6 +119,12 @@ def reach_verdict(
 
     slos = []
     notes: list[str] = []
+    if (stop_condition or {}).get("prometheus_errors"):
+        notes.append(
+            f"stop condition: {stop_condition['prometheus_errors']} of "
+            f"{stop_condition.get('polls')} polls got no answer from Prometheus "
+            f"(last: {stop_condition.get('last_prometheus_error')})"
+        )
     for phase, r in _probe_runs(journal):
         output = r.get("output")
         if is_slo_result(output):

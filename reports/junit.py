@@ -3,10 +3,11 @@
 One test suite "inference-chaos nightly"; one test case per experiment (classname: its tags
 joined with dots, so CI groups them, else "experiments"). A deviated or regressed experiment is
 a failure (message: the first check or SLO it missed with its figures, then its regressions,
-on one line; body: every reason); a failed, crashed or interrupted one is an error, since the
-experiment could not be carried out. The score goes into the suite's properties. Written with
-the standard library's ElementTree: the format is small and fixed, so a dependency would add
-nothing but a pin.
+on one line; body: every reason), and so is one its stop condition aborted (message: the
+breach: the system under test hurt users too much); a failed, crashed or interrupted one is
+an error, since the experiment could not be carried out. The score goes into the suite's
+properties. Written with the standard library's ElementTree: the format is small and fixed,
+so a dependency would add nothing but a pin.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from reports.formatting import is_number
 
 SUITE_NAME = "inference-chaos nightly"
-FAILURE_VERDICTS = frozenset({"deviated"})
+FAILURE_VERDICTS = frozenset({"deviated", "aborted"})
 ERROR_VERDICTS = frozenset({"failed", "crashed", "interrupted"})
 MESSAGE_LIMIT = 500
 # XML 1.0 cannot carry these at all; a probe's error text may hold them
@@ -130,7 +131,10 @@ def _outcome(case: ET.Element, tag: str, kind: str, message: list[str], body: li
 
 def _first_miss(entry: Mapping[str, Any], reasons: list[str]) -> str:
     """The missed hypothesis probe or SLO with its figures; the method's first, since that is
-    what the fault did, then the hypothesis after; the verdict's first reason otherwise."""
+    what the fault did, then the hypothesis after; the verdict's first reason otherwise, and
+    always for an aborted run, whose first reason is the breach that stopped it."""
+    if entry.get("verdict") == "aborted" and reasons:
+        return reasons[0]
     checks = [c for c in entry.get("checks") or [] if isinstance(c, Mapping)]
     missed = [c for c in checks if c.get("ok") is not True]
     for phase in ("method", "hypothesis-after", "hypothesis-before"):

@@ -27,7 +27,7 @@ from reports.trends import (
 )
 
 TREND_NIGHTS = 14  # earlier nights drawn in a sparkline (the baseline uses the last 7)
-VERDICT_ORDER = ("failed", "crashed", "interrupted", "deviated", "passed")
+VERDICT_ORDER = ("failed", "crashed", "interrupted", "aborted", "deviated", "passed")
 
 
 def write_index(out_dir: Path, summary: dict, history: list[dict]) -> Path:
