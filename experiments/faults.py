@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("experiments.faults")
+REMOVAL_WAIT_S = 300.0  # another thread's recovery of the same fault (Kubernetes: deadlines)
 _dry = threading.local()  # set by preflight(): resolve and validate, inject nothing
 DIRECTIONS = ("to", "from", "both")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
@@ -202,8 +203,11 @@ def _hold(run: RunContext, seconds: float) -> None:
 def _safe_recover(
     backend: FaultBackend, record: FaultRecord, run: RunContext, error: str | None = None
 ) -> str | None:
-    """Remove a fault; a failure is recorded on the fault, never raised (rollbacks go on)."""
-    if record.removed_at is not None:
+    """Remove a fault; a failure is recorded on the fault, never raised (rollbacks go on).
+    When another thread is removing it already, wait for that instead of removing it twice."""
+    busy = run.ledger.claim_removal(record)
+    if busy is not None:
+        busy.wait(REMOVAL_WAIT_S)
         return record.error
     problem = error
     try:

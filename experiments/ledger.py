@@ -49,6 +49,7 @@ class Ledger:
         self.path = path
         self._records: list[FaultRecord] = []
         self._lock = threading.RLock()
+        self._removing: dict[str, threading.Event] = {}  # fault id -> set once it is removed
 
     def add(self, record: FaultRecord) -> FaultRecord:
         with self._lock:
@@ -67,6 +68,23 @@ class Ledger:
             record.removed_at = time.time()
             record.error = error
             self._flush()
+            done = self._removing.get(record.id)
+        if done is not None:
+            done.set()
+
+    def claim_removal(self, record: FaultRecord) -> threading.Event | None:
+        """Who removes a fault: None for the one caller that should (it must call
+        mark_removed), else an event that is set once that caller is done. A fault hold that
+        wakes, a stop condition and a signal handler may all try at once; one recovery runs."""
+        with self._lock:
+            if record.removed_at is not None:
+                done = threading.Event()
+                done.set()
+                return done
+            if record.id in self._removing:
+                return self._removing[record.id]
+            self._removing[record.id] = threading.Event()
+            return None
 
     def get(self, fault_id: str) -> FaultRecord:
         with self._lock:

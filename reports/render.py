@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from probes.windows import Window
@@ -61,6 +62,7 @@ from reports.records import (
     report_windows,
     window_figures,
 )
+from reports.stop_condition import stop_condition_section
 from reports.tasks import glance_cards as task_glance_cards
 from reports.tasks import tasks_section
 
@@ -68,6 +70,11 @@ VERDICTS = {
     "passed": ("passed", "The system held: every check stayed within its bounds."),
     "deviated": ("deviated", "The steady state deviated: a weakness was found."),
     "failed": ("failed", "The run failed: the experiment could not be carried out as declared."),
+    "aborted": (
+        "aborted",
+        "The run was stopped early by its stop condition: users lost too much of the error "
+        "budget, so every fault was removed before its time.",
+    ),
     "interrupted": ("interrupted", "The run was interrupted before it finished."),
     "unknown": ("unknown", "No verdict could be determined."),
 }
@@ -156,6 +163,7 @@ def build_context(
         "description": str(experiment.get("description") or ""),
         "tags": [str(t) for t in experiment.get("tags") or []],
         "verdict": verdict,
+        "stop_condition": stop_condition_section(chaos),
         "run": _run_facts(journal, chaos, origin, origin_label),
         "origin_label": origin_label,
         "missing": missing,
@@ -330,7 +338,17 @@ def _fault_row(fault: Mapping[str, Any], origin: float) -> dict[str, Any]:
         "removed_wall": fmt_wall(removed) if is_number(removed) else "—",
         "duration": duration,
         "error": str(fault.get("error") or ""),
+        "manifests": _manifests_yaml(fault),
+        "emulated": [str(e) for e in (fault.get("details") or {}).get("emulated") or []],
     }
+
+
+def _manifests_yaml(fault: Mapping[str, Any]) -> str:
+    """What the backend created for the fault (Chaos Mesh objects, Jobs), as YAML."""
+    manifests = (fault.get("details") or {}).get("manifests") or []
+    if not manifests:
+        return ""
+    return yaml.safe_dump_all(list(manifests), sort_keys=False, default_flow_style=False)
 
 
 def _window_row(window: Window, fig: Mapping[str, Any], origin: float) -> dict[str, Any]:

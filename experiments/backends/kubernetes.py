@@ -260,6 +260,7 @@ class KubernetesBackend:
                     plan.injections,
                     labels,
                     image=self.settings.dcgm_image,
+                    reinject_every_s=plan.reinject_every_s,
                 )
             )
         if plan.pod_action:
@@ -317,8 +318,13 @@ class KubernetesBackend:
                 return details
             jobs = [m for m in manifests if m.get("kind") == "Job"]
             chaos = [m for m in manifests if m.get("kind") in CHAOS_KINDS]
-            if jobs:
-                self._run_jobs(jobs, details)
+            holding = False
+            if record.kind in GPU_KINDS:
+                plan = kube_gpu.gpu_plan(record.kind, record.params)
+                details["emulated"] = plan.emulated
+                holding = plan.reinject_every_s is not None
+            if jobs:  # a holding Job re-injects polled fields until deleted: wait for it to run
+                self._run_jobs(jobs, details, until="running" if holding else "complete")
             self._apply_taints(record, details)
             injected: list[str] = []
             for manifest in chaos:
@@ -363,18 +369,25 @@ class KubernetesBackend:
             evicted[node] = nodes.drain(self.kube, node, self.settings.namespaces, timeout)
         details["drained"] = evicted
 
-    def _run_jobs(self, jobs: list[dict[str, Any]], details: dict[str, Any]) -> None:
-        """Create the Jobs and wait until each completed; a failed Job is the fault's failure."""
+    def _run_jobs(
+        self,
+        jobs: list[dict[str, Any]],
+        details: dict[str, Any],
+        until: str = "complete",
+        key: str = "jobs",
+    ) -> None:
+        """Create the Jobs and wait until each completed (or, `until="running"`, has a pod
+        running); a failed Job is the fault's failure."""
         for job in jobs:
             ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
             call(
                 self.kube, f"create Job {ns}/{name}", self.kube.batch.create_namespaced_job, ns, job
             )
-            details["jobs"].append({"namespace": ns, "name": name})
+            details.setdefault(key, []).append({"namespace": ns, "name": name})
         for job in jobs:
-            self._wait_job(job["metadata"]["namespace"], job["metadata"]["name"])
+            self._wait_job(job["metadata"]["namespace"], job["metadata"]["name"], until)
 
-    def _wait_job(self, namespace: str, name: str) -> None:
+    def _wait_job(self, namespace: str, name: str, until: str = "complete") -> None:
         deadline = time.monotonic() + self.settings.inject_timeout_s
         while True:
             job = call(
@@ -384,6 +397,8 @@ class KubernetesBackend:
                 name,
                 namespace,
             )
+            if until == "running" and job.status and (job.status.active or 0) >= 1:
+                return
             for c in (job.status.conditions if job.status else None) or []:
                 if c.type == "Complete" and c.status == "True":
                     return
@@ -424,10 +439,12 @@ class KubernetesBackend:
             attempt(nodes.untaint, self.kube, t["node"], t["key"])
         for node in details.get("cordoned") or []:
             attempt(nodes.uncordon, self.kube, node, details.get("owner"))
+        for job in details.get("jobs") or []:  # first: a holding Job would re-inject
+            attempt(self._delete_job, job["namespace"], job["name"])
         if record.kind in GPU_KINDS and details.get("jobs"):
             attempt(self._gpu_recovery_jobs, record, details)
-        for job in details.get("jobs") or []:
-            attempt(self._delete_job, job["namespace"], job["name"])
+            for job in details.get("recovery_jobs") or []:
+                attempt(self._delete_job, job["namespace"], job["name"])
         if errors:
             raise BackendError("; ".join(errors))
 
@@ -450,7 +467,7 @@ class KubernetesBackend:
                 )
             )
         details.setdefault("recovery_manifests", jobs)
-        self._run_jobs(jobs, details)
+        self._run_jobs(jobs, details, key="recovery_jobs")
 
     def _delete_job(self, namespace: str, name: str) -> None:
         try:

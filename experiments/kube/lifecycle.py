@@ -78,7 +78,16 @@ def injected_targets(obj: dict[str, Any]) -> list[str]:
 
 
 def is_injected(obj: dict[str, Any]) -> bool:
-    return conditions(obj).get("AllInjected", False)
+    """Selected and AllInjected. Chaos Mesh computes AllInjected over the records, so before it
+    selected anything (no records) AllInjected is vacuously True: never trust it alone."""
+    c = conditions(obj)
+    records = container_records(obj)
+    return (
+        c.get("Selected", False)
+        and c.get("AllInjected", False)
+        and bool(records)
+        and all(r.get("phase") == "Injected" for r in records)
+    )
 
 
 def is_recovered(obj: dict[str, Any]) -> bool:
