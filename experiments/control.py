@@ -29,7 +29,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
 
 from experiments import context as run_context
-from experiments import faults, stop_condition
+from experiments import dryrun, faults, stop_condition
 from experiments.verdict import reach_verdict
 
 log = logging.getLogger("experiments.control")
@@ -142,13 +142,9 @@ def _preflight(experiment: dict[str, Any], configuration: dict[str, Any]) -> Non
     """Every fault action's arguments and selector must be valid before anything runs."""
     from chaoslib import substitute
 
-    for activity in experiment.get("method", []) + experiment.get("rollbacks", []):
-        provider = activity.get("provider") or {}
-        if provider.get("type") != "python" or provider.get("module") != "experiments.faults":
-            continue
+    for activity in dryrun.fault_activities(experiment):
+        provider = activity["provider"]
         func = provider.get("func", "")
-        if func in ("recover", "recover_all", "list_faults"):
-            continue
         args = substitute(dict(provider.get("arguments") or {}), configuration, {})
         try:
             faults.preflight(func, args, configuration)

@@ -17,7 +17,7 @@ from chaoslib import substitute
 from chaoslib.configuration import load_configuration
 from chaoslib.exceptions import ActivityFailed
 
-SKIPPED = ("recover", "recover_all", "list_faults")
+SKIPPED = ("recover", "recover_all", "list_faults", "pause_fault", "resume_fault")
 
 
 class DryRunError(ValueError):

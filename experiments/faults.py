@@ -51,6 +51,8 @@ __all__ = [
     "node_drain",
     "recover",
     "recover_all",
+    "pause_fault",
+    "resume_fault",
     "list_faults",
 ]
 
@@ -1034,6 +1036,49 @@ def recover(
     return record.to_json()
 
 
+def pause_fault(
+    fault_id: str,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pause one active fault of this run without removing it (Chaos Mesh's pause annotation:
+    its effects are recovered, the object stays); `resume_fault` injects it again."""
+    return _set_paused(fault_id, True, configuration)
+
+
+def resume_fault(
+    fault_id: str,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resume a paused fault: injected again, and confirmed so, before this returns."""
+    return _set_paused(fault_id, False, configuration)
+
+
+def _set_paused(
+    fault_id: str, paused: bool, configuration: dict[str, Any] | None
+) -> dict[str, Any]:
+    run = ensure_run()
+    try:
+        record = run.ledger.get(fault_id)
+        backend = backend_for(configuration)
+    except KeyError:
+        raise ActivityFailed(f"no fault with id {fault_id!r} in this run") from None
+    except BackendError as exc:
+        raise ActivityFailed(str(exc)) from None
+    if not record.active:
+        raise ActivityFailed(f"fault {fault_id} ({record.kind}) is not active")
+    pause = getattr(backend, "set_paused", None)
+    if pause is None:
+        raise ActivityFailed(f"the {backend.name} backend cannot pause a fault; recover it instead")
+    try:
+        pause(record, paused)
+    except BackendError as exc:
+        raise ActivityFailed(str(exc)) from None
+    record.details["paused"] = paused
+    return record.to_json()
+
+
 def recover_all(
     configuration: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -1086,4 +1131,8 @@ def preflight(
         _dry.on = False
 
 
-FAULT_ACTIONS = {name for name in __all__ if name not in ("recover", "recover_all", "list_faults")}
+FAULT_ACTIONS = {
+    name
+    for name in __all__
+    if name not in ("recover", "recover_all", "list_faults", "pause_fault", "resume_fault")
+}

@@ -483,6 +483,20 @@ class KubernetesBackend:
             if "not found" not in str(exc):
                 raise
 
+    def set_paused(self, record: FaultRecord, paused: bool) -> None:
+        """Pause or resume the fault's Chaos Mesh objects (and wait until they are)."""
+        objects = (record.details or {}).get("objects") or []
+        if not objects:
+            raise BackendError(f"{record.kind} has no Chaos Mesh object to pause")
+        try:
+            for obj in objects:
+                lifecycle.set_paused(
+                    self.kube, obj["kind"], obj["namespace"], obj["name"], paused,
+                    self.settings.inject_timeout_s,
+                )  # fmt: skip
+        except KubeError as exc:
+            raise BackendError(str(exc)) from None
+
     def describe(self, record: FaultRecord) -> dict[str, Any]:
         details = record.details or {}
         return {
