@@ -215,6 +215,8 @@ def run_nightly_kubernetes(opts: NightlyOptions) -> int:
         first = k8s.reset(backend, opts.reset_deadline_s)
         if not first.ok:
             raise SuiteError(f"leftovers on the cluster: {'; '.join(first.problems[:3])}")
+        if first.actions:
+            progress.note(f"nightly: removed leftovers of earlier runs: {'; '.join(first.actions)}")
         suite_problem = _run_all(
             entries, {}, overrides, out, opts, estimates, progress, set(), results,
             reset_after=lambda: k8s.reset(backend, opts.reset_deadline_s),

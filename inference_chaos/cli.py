@@ -166,8 +166,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         active = ledger.active()
         if not active:
             continue
-        try:
-            backend = backend_for({"target": active[0].backend})
+        try:  # a Kubernetes fault carries how to reach its cluster again
+            backend = backend_for(
+                active[0].details.get("configuration") or {"target": active[0].backend}
+            )
         except BackendError as exc:
             errors.append(f"{path.name}: {exc}")
             continue

@@ -248,3 +248,48 @@ def test_cleanup_with_a_missing_kubeconfig_is_one_line(tmp_path, capsys):
     assert main(["cleanup", "--all", "--kubeconfig", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def crashed_run(fake: FakeKube, tmp_path: Path, title: str) -> str:
+    """A run that injected a fault and died without removing it."""
+    cfg = {"target": "kubernetes", "kubeconfig": str(fake.kubeconfig), "namespace": NS}
+    run = context.start_run(title, tmp_path / "runs")
+    faults.pod_failure(selector={"labelSelectors": {"role": "worker"}}, configuration=cfg)
+    context.end_run()
+    return run.run_id
+
+
+def test_recover_reaches_the_cluster_from_a_crashed_runs_ledger(fake, tmp_path, capsys):
+    crashed_run(fake, tmp_path, "crashed")
+    assert len(chaos_objects(fake)) == 1
+    forget_connections()
+    assert main(["recover"]) == 0
+    assert "removed 1 leftover fault(s)" in capsys.readouterr().out
+    assert chaos_objects(fake) == []
+
+
+def test_nightly_on_kubernetes_removes_old_leftovers_and_runs_the_files(fake, tmp_path, capsys):
+    crashed_run(fake, tmp_path, "an earlier night")
+    path = experiment(
+        tmp_path,
+        fake,
+        [fault("http_delay", delay="2s", selector={"labelSelectors": {"role": "worker"}},
+               duration="1s")],
+    )  # fmt: skip
+    out = tmp_path / "night"
+    code = main(
+        ["nightly", "--target", "kubernetes", str(path), "--out", str(out),
+         "--var", f"kubeconfig={fake.kubeconfig}", "--var", f"namespace={NS}"]
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "removed leftovers of earlier runs: PodChaos" in printed.out + printed.err
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["verdict"] for e in summary["experiments"]] == ["passed"]
+    assert summary["target"] == "kubernetes"
+    assert (out / "junit.xml").is_file()
+    created = [r.body["kind"] for r in fake.requests if r.method == "POST" and r.body]
+    assert "HTTPChaos" in created
+    assert chaos_objects(fake) == []
