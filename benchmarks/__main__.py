@@ -16,6 +16,7 @@ BENCHMARKS = [
     "migration",
     "balance",
     "task_recovery",
+    "kube_lifecycle",
 ]
 
 
