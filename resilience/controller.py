@@ -10,7 +10,8 @@ I/O around them:
 - probe every worker's health (a heartbeat) and DCGM metrics, feed the detector;
 - reconcile: place the tasks on healthy capacity, load every moved task on its target, publish
   the routing table once the targets serve (make-before-break), unload the sources;
-- remediate: restart a worker after an application Xid, cordon a node after a fatal one;
+- remediate: restart a worker after an application Xid (how: `resilience.remediation`, the
+  supervisor or a pod deletion on Kubernetes), cordon a node after a fatal one;
 - scale the number of tasks to the demand the gateway sees, when a policy asks for it.
 """
 
@@ -39,6 +40,7 @@ from resilience.detector import FATAL_XIDS, Detection, Detector, DetectorConfig,
 from resilience.election import ElectionConfig, LeaderElection
 from resilience.jsonconfig import dataclass_from_json
 from resilience.placement import Assignment, Node, Placement, Task, diff, place
+from resilience.remediation import KubernetesRemediation, Remediation, SupervisorRemediation
 from resilience.routing_table import ROUTING_KEY
 from resilience.store_client import AsyncStore, StoreUnavailable, encode
 
@@ -148,7 +150,7 @@ class Controller:
         identity: str,
         config: ControllerConfig,
         store_endpoints: list[str],
-        supervisor_url: str,
+        remediation: Remediation,
         cluster_path: Path,
         initial_tasks: int,
         task_gpus: int,
@@ -156,7 +158,7 @@ class Controller:
         self.identity = identity
         self.config = config
         self.store_endpoints = store_endpoints
-        self.supervisor_url = supervisor_url.rstrip("/")
+        self.remediation = remediation
         self.cluster_path = cluster_path
         self.initial_tasks = initial_tasks
         self.task_gpus = task_gpus
@@ -187,6 +189,7 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._unreported: list[Detection] = []  # seen while standing by
         self.restarting: set[str] = set()  # workers being drained and restarted right now
+        self.unavailable: set[str] = set()  # scale actions the platform cannot do: asked once
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -346,13 +349,8 @@ class Controller:
                 drained = await self._wait_idle(w, drain)
         except StoreUnavailable as exc:
             log.warning("could not take %s out of the routing table: %s", d.worker, exc)
-        try:
-            status, body = await self._http(
-                "POST", f"{self.supervisor_url}/processes/{d.worker}/restart", {}, timeout=3.0
-            )
-            ok = status == 200
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            ok, body = False, str(exc)
+        outcome = await self.remediation.restart_worker(d.worker)
+        ok = outcome.ok
         self.restarting.discard(d.worker)
         log.info("restarted %s (drained: %s, ok: %s)", d.worker, drained, ok)
         self.metrics.remediations.labels("restart").inc()
@@ -366,7 +364,7 @@ class Controller:
                 "reason": d.reason,
                 "drained": drained,
                 "ok": ok,
-                "detail": body if not ok else None,
+                "detail": outcome.detail if not ok else None,
             }
         )
         self._last_task_check = 0.0  # reload its task as soon as it is back
@@ -745,22 +743,26 @@ class Controller:
         return None
 
     async def _maybe_add_node(self, tasks: list[Task]) -> None:
-        """No room for every task: ask the supervisor for a node, as a cluster autoscaler does."""
-        if self._adding_node or not await self._autoscaling():
+        """No room for every task: ask the platform for a node, as a cluster autoscaler does.
+
+        A platform that cannot add nodes (Kubernetes: its cluster autoscaler does) says so once,
+        recorded as a failed scale event; it is not asked again at every reconcile."""
+        if self._adding_node or "add-node" in self.unavailable or not await self._autoscaling():
             return
         self._adding_node = True
         try:
             gpus = max(self.cluster.nodes.values(), default=1)
-            status, body = await self._http(
-                "POST", f"{self.supervisor_url}/nodes", {"gpus": gpus}, timeout=30.0
-            )
-            await self._emit(
-                {"kind": "scale", "at": time.time(), "action": "add-node", "ok": status == 200,
-                 "node": body.get("node") if isinstance(body, dict) else None}
-            )  # fmt: skip
+            outcome = await self.remediation.add_node(gpus)
+            event = {"kind": "scale", "at": time.time(), "action": "add-node",
+                     "ok": outcome.ok, "node": outcome.node}  # fmt: skip
+            if not outcome.ok:
+                log.warning("adding a node failed: %s", outcome.detail)
+                event["detail"] = outcome.detail
+            if not outcome.available:
+                self.unavailable.add("add-node")
+                event["available"] = False
+            await self._emit(event)
             self._cluster_mtime = 0.0
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("adding a node failed: %s", exc)
         finally:
             self._adding_node = False
 
@@ -845,19 +847,23 @@ class Controller:
 
     async def _remove_idle_added_nodes(self) -> None:
         """Nodes added for a flood go again once no task runs on them and no policy wants them."""
+        if "remove-node" in self.unavailable:
+            return
         used = {p.node for p in self.assignment.placements.values()}
         for node in sorted(set(self.cluster.nodes) - self.cluster.initial_nodes - used):
-            try:
-                status, _ = await self._http(
-                    "DELETE", f"{self.supervisor_url}/nodes/{node}", timeout=10.0
-                )
-            except (TimeoutError, aiohttp.ClientError):
-                continue
-            if status == 200:
+            outcome = await self.remediation.remove_node(node)
+            if outcome.ok:
                 await self._emit(
                     {"kind": "scale", "at": time.time(), "action": "remove-node", "node": node}
                 )
                 self._cluster_mtime = 0.0
+            elif not outcome.available:  # said once; a failure that may pass is retried quietly
+                self.unavailable.add("remove-node")
+                await self._emit(
+                    {"kind": "scale", "at": time.time(), "action": "remove-node", "node": node,
+                     "ok": False, "available": False, "detail": outcome.detail}
+                )  # fmt: skip
+                return
 
     # -- HTTP API ---------------------------------------------------------------------------
     def _status(self) -> dict[str, Any]:
@@ -929,21 +935,57 @@ class Controller:
             t.cancel()
         await self.election.resign()
         await runner.cleanup()
+        await self.remediation.close()
         await self.session.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `--remediation` picks who restarts workers and adds nodes."""
     p = argparse.ArgumentParser(prog="python -m resilience.controller", description=__doc__)
     p.add_argument("--id", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--store", required=True, help="comma-separated client URLs of the store")
-    p.add_argument("--supervisor", required=True, help="the supervisor's control URL")
+    p.add_argument(
+        "--remediation",
+        choices=("supervisor", "kubernetes"),
+        default="supervisor",
+        help="supervisor: the embedded cluster's supervisor (--supervisor URL); kubernetes: "
+        "delete a worker's pod to restart it (in-cluster credentials, --namespace)",
+    )
+    p.add_argument("--supervisor", help="the supervisor's control URL (--remediation supervisor)")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="the workers' namespace (--remediation kubernetes; default $POD_NAMESPACE)",
+    )
+    p.add_argument("--kubeconfig", help="a kubeconfig instead of the pod's in-cluster credentials")
     p.add_argument("--cluster", required=True, help="cluster.json written by the supervisor")
     p.add_argument("--tasks", type=int, default=0, help="tasks to create on first start")
     p.add_argument("--task-gpus", type=int, default=1)
     p.add_argument("--config", default="{}", help="JSON object overriding ControllerConfig")
     args = p.parse_args(argv)
+    if args.remediation == "supervisor":
+        if not args.supervisor:
+            p.error("--remediation supervisor needs --supervisor URL")
+        if args.kubeconfig:
+            p.error("--kubeconfig is for --remediation kubernetes")
+    else:
+        if args.supervisor:
+            p.error("--supervisor is for --remediation supervisor")
+        if not args.namespace:
+            p.error("--remediation kubernetes needs --namespace (or $POD_NAMESPACE)")
+    return args
+
+
+def remediation_from_args(args: argparse.Namespace) -> Remediation:
+    if args.remediation == "kubernetes":
+        return KubernetesRemediation(args.namespace, kubeconfig=args.kubeconfig)
+    return SupervisorRemediation(args.supervisor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("CONTROLLER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -953,7 +995,7 @@ def main(argv: list[str] | None = None) -> None:
         args.id,
         config,
         [e for e in args.store.split(",") if e],
-        args.supervisor,
+        remediation_from_args(args),
         Path(args.cluster),
         args.tasks,
         args.task_gpus,

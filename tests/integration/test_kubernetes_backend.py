@@ -167,7 +167,13 @@ def test_pause_and_resume_through_chaos_meshs_annotation(kube):
     out = faults.time_skew(
         offset="-5s", selector={"labelSelectors": {"role": "raft"}}, mode="all", configuration=cfg
     )
+    paused = faults.pause_fault(out["id"], configuration=cfg)
+    assert paused["details"]["paused"] is True
     obj = out["details"]["objects"][0]
+    stored = fake.get("timechaos", obj["namespace"], obj["name"])
+    assert stored["metadata"]["annotations"]["experiment.chaos-mesh.org/pause"] == "true"
+    faults.resume_fault(out["id"], configuration=cfg)
+    assert lifecycle.is_injected(fake.get("timechaos", obj["namespace"], obj["name"]))
     k = _backend(cfg).kube
     paused = lifecycle.set_paused(k, obj["kind"], obj["namespace"], obj["name"], True, 3)
     assert lifecycle.conditions(paused)["Paused"] is True

@@ -544,9 +544,15 @@ def _check_controller(
 ) -> None:
     from resilience import state
     from resilience.controller import ClusterMap
+    from resilience.remediation import KubernetesRemediation
 
     controller = seen["controller"]
     assert controller.identity == pod.name  # unique per replica: the election needs that
+    # restarts delete worker pods in the controller's own namespace, with its in-cluster
+    # credentials (the ServiceAccount of test_the_controllers_may_restart_workers_and_no_more)
+    assert isinstance(controller.remediation, KubernetesRemediation)
+    assert controller.remediation.namespace == pod.workload["metadata"]["namespace"]
+    assert controller.remediation.kubeconfig is None
     assert (seen["host"], seen["port"]) == ("0.0.0.0", http_port(pod.workload))
     assert controller.store_endpoints == store_urls(objects)
     cluster = ClusterMap.load(controller.cluster_path)
@@ -818,6 +824,38 @@ def test_the_harness_role_grants_what_the_kubernetes_backend_calls() -> None:
     missing = NEEDED - granted - cluster_wide
     assert not missing, sorted(missing)
     assert not any("*" in item for item in granted), "no wildcards"
+
+
+def test_the_controllers_may_restart_workers_and_no_more() -> None:
+    """The controllers' ServiceAccount gets and deletes pods in their namespace (a restart),
+    and every worker they know by name is a StatefulSet's pod there (so it comes back)."""
+    objects = build(DEPLOY / "overlays" / "simulated").objects
+    controller = find(objects, "Deployment", "controller")
+    namespace = controller["metadata"]["namespace"]
+    account_name = controller["spec"]["template"]["spec"]["serviceAccountName"]
+    account = find(objects, "ServiceAccount", account_name)
+    assert account["metadata"]["namespace"] == namespace
+    subject = {"kind": "ServiceAccount", "name": account_name, "namespace": namespace}
+    granted = set()
+    for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        if subject not in binding["subjects"]:
+            continue
+        scope = binding["metadata"].get("namespace", "cluster")
+        role = find(objects, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted |= {(group, resource, verb, scope) for verb in rule["verbs"]}
+    assert granted == {("", "pods", "get", namespace), ("", "pods", "delete", namespace)}
+    stateful_pods = {
+        pod.name
+        for sts in workloads(objects)
+        if sts["kind"] == "StatefulSet" and sts["metadata"]["namespace"] == namespace
+        for pod in pods(sts)
+    }
+    cluster = json.loads(find(objects, "ConfigMap", "controller-cluster")["data"]["cluster.json"])
+    known = {w["name"] for info in cluster["nodes"].values() for w in info["workers"].values()}
+    assert known and known <= stateful_pods
 
 
 # -- the image -------------------------------------------------------------------------------------
