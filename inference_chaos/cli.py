@@ -124,6 +124,25 @@ def check_experiment(path: Path) -> str | None:
         return f"{path}: invalid experiment: {str(exc).strip().splitlines()[0]}"
     except Exception as exc:  # chaoslib trips over some malformed shapes
         return f"{path}: invalid experiment: {type(exc).__name__}: {exc}"
+    return _check_stop_condition(path, experiment)
+
+
+def _check_stop_condition(path: Path, experiment: dict[str, Any]) -> str | None:
+    """A bad `stop_condition` is bad input too, caught before Chaos Toolkit starts (values
+    that come from `--var` are checked again by the control)."""
+    from chaoslib.configuration import load_configuration
+    from chaoslib.exceptions import ActivityFailed
+
+    from experiments import stop_condition
+
+    try:
+        configuration = load_configuration(experiment.get("configuration") or {})
+    except Exception:  # e.g. an env variable only the run's shell has: the control judges
+        return None
+    try:
+        stop_condition.parse(experiment, configuration)
+    except ActivityFailed as exc:
+        return f"{path}: {exc}"
     return None
 
 

@@ -242,3 +242,32 @@ def test_an_aborted_experiment_is_a_junit_failure_headed_by_the_breach():
 def test_the_suite_keeps_the_aborted_verdict():
     journal = {"status": "interrupted", "inference_chaos": {"verdict": "aborted", "reasons": ["x"]}}
     assert verdict_of(journal, 1) == ("aborted", ["x"])
+
+
+def test_a_bad_stop_condition_is_refused_before_chaos_toolkit_starts(tmp_path, capsys):
+    import yaml
+
+    from inference_chaos.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": "1.0.0",
+                "title": "bad stop condition",
+                "description": "x",
+                "configuration": {"target": "local"},
+                "stop_condition": {"slo": 1.5},
+                "method": [
+                    {
+                        "name": "nothing",
+                        "type": "action",
+                        "provider": {"type": "python", "module": "os", "func": "getcwd"},
+                    }
+                ],
+            }
+        )
+    )
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stop_condition.slo" in err and str(path) in err
