@@ -220,18 +220,21 @@ def test_a_mild_fault_under_a_stop_condition_runs_to_its_end(cluster, tmp_path):
     assert "Stop condition held" in report
 
 
-@pytest.mark.parametrize(
-    ("guard", "config", "expected"),
-    [
-        (GUARD, {"prometheus_url": "http://127.0.0.1:9"}, "stop_condition: Prometheus at"),
-        ({**GUARD, "max_burn_rate": 0}, None, "stop_condition.max_burn_rate: must be > 0"),
-    ],
-)
-def test_a_stop_condition_that_cannot_be_checked_stops_the_run_first(
-    cluster, tmp_path, guard, config, expected
-):
+def test_a_malformed_stop_condition_is_bad_input_before_anything_runs(cluster, tmp_path):
     home, state = cluster
-    run = start(tmp_path, home, experiment(KILL_EVERY_WORKER, load_s=10, guard=guard), config)
+    guard = {**GUARD, "max_burn_rate": 0}
+    run = start(tmp_path, home, experiment(KILL_EVERY_WORKER, load_s=10, guard=guard))
+    assert run.wait(60) == 2  # refused by `inference-chaos run` before Chaos Toolkit starts
+    assert "stop_condition.max_burn_rate: must be > 0" in one_line_error(run.stderr())
+    assert not list(tmp_path.rglob("journal.json"))
+    assert serves(state["gateway_url"])
+
+
+def test_a_stop_condition_that_cannot_be_checked_stops_the_run_first(cluster, tmp_path):
+    home, state = cluster
+    config = {"prometheus_url": "http://127.0.0.1:9"}
+    expected = "stop_condition: Prometheus at"
+    run = start(tmp_path, home, experiment(KILL_EVERY_WORKER, load_s=10, guard=GUARD), config)
     assert run.wait(60) == 1
     assert expected in one_line_error(run.stderr())
     journal = run.journal()

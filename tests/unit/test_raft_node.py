@@ -433,7 +433,8 @@ async def test_a_far_behind_follower_catches_up_by_install_snapshot(tmp_path: Pa
         network.isolate(3)
         for i in range(12):
             await leader.propose(put_command(f"k{i}", str(i)))
-        await until(lambda: leader.log.base_index >= 10, "the leader compacted its log")
+        # compaction writes the snapshot off the loop: a wall-clock wait, generous on a busy box
+        await until(lambda: leader.log.base_index >= 10, "the leader compacted its log", 15.0)
         assert leader.stats.snapshots >= 2 and leader.snapshot_index == leader.log.base_index
 
         network.heal()
